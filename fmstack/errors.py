@@ -1,0 +1,47 @@
+"""The exceptions fmstack raises on purpose.
+
+Every error a user can cause (a bad flag, a missing file, an unreachable endpoint) is an
+``FmstackError`` with a one-line message that names the problem. The CLI prints that line and
+exits non-zero; anything else escaping is a bug in fmstack.
+"""
+
+from __future__ import annotations
+
+
+class FmstackError(Exception):
+    """Base class: a problem the user can fix, described in one line."""
+
+
+class ConfigError(FmstackError):
+    """Invalid configuration or parameters (bad sampling value, malformed schema, ...)."""
+
+
+class ModelNotFoundError(FmstackError):
+    """An unknown alias or URI, or a model file that does not exist."""
+
+
+class MissingDependencyError(FmstackError):
+    """An optional dependency is not installed; the message carries the exact install hint."""
+
+
+class CapabilityError(FmstackError):
+    """The backend cannot do what was asked (e.g. regex output over an OpenAI API)."""
+
+
+class ContextLengthError(FmstackError):
+    """The prompt (plus requested tokens) does not fit the model's context window."""
+
+
+class EndpointError(FmstackError):
+    """A remote endpoint is unreachable, rejected the key, or answered with an error."""
+
+
+class OutputValidationError(FmstackError):
+    """A structured output did not parse or did not validate against its format."""
+
+
+def missing(package: str, extra: str) -> MissingDependencyError:
+    """The error for an optional import that failed, with the exact install command."""
+    return MissingDependencyError(
+        f"{package} is not installed: pip install 'fmstack[{extra}]' (or: pip install {package})"
+    )

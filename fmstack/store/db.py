@@ -1,0 +1,71 @@
+"""The SQLite file behind fmstack: one connection helper and the schema, versioned.
+
+WAL mode lets a CLI read traces while a server writes them. Each logical write is one
+transaction, so a crash leaves either the whole row or nothing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+# Each entry upgrades the schema by one version; never edit a released entry, append a new one.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE traces (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        created_at TEXT NOT NULL,
+        model TEXT NOT NULL,
+        backend TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        prompt TEXT,
+        messages TEXT,
+        rendered_prompt TEXT,
+        params TEXT NOT NULL,
+        output TEXT,
+        choices TEXT,
+        finish_reason TEXT,
+        prompt_tokens INTEGER,
+        completion_tokens INTEGER,
+        queue_s REAL,
+        ttft_s REAL,
+        tpot_s REAL,
+        total_s REAL,
+        cost REAL,
+        error TEXT,
+        tags TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX traces_created ON traces(created_at);
+    CREATE INDEX traces_model ON traces(model);
+    """,
+]
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (creating and migrating if needed) the database at ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    _migrate(conn)
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise RuntimeError(
+            f"database schema v{version} is newer than this fmstack understands "
+            f"(v{len(MIGRATIONS)}); upgrade fmstack"
+        )
+    for i, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in filter(str.strip, script.split(";")):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {i}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
