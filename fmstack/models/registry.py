@@ -134,6 +134,8 @@ def backend_class(backend: str) -> type[Model]:
     try:
         cls: type[Model] = matches[0].load()
     except ImportError as e:
+        if (e.name or "").startswith("fmstack"):
+            raise  # a bug in our own code, not a missing extra
         extra = BACKEND_EXTRAS.get(backend, backend)
         raise MissingDependencyError(
             f"backend {backend!r} needs {e.name or 'a missing package'}: "

@@ -124,7 +124,20 @@ def regex_to_gbnf(pattern: str) -> str:
 
 
 def _seq(items: Any, pattern: str) -> str:
-    parts = [p for p in (_node(op, av, pattern) for op, av in items) if p]
+    parts: list[str] = []
+    run = ""  # adjacent literal characters become one GBNF string: "yes", not "y" "e" "s"
+    for op, av in items:
+        if str(op) == "LITERAL":
+            run += chr(av)
+            continue
+        if run:
+            parts.append(_gbnf_literal(run))
+            run = ""
+        part = _node(op, av, pattern)
+        if part:
+            parts.append(part)
+    if run:
+        parts.append(_gbnf_literal(run))
     if not parts:
         return '""'
     return "(" + " ".join(parts) + ")" if len(parts) > 1 else parts[0]
