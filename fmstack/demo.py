@@ -99,7 +99,7 @@ def structured(model: Model) -> None:
 
 def best_of(model: Model) -> None:
     step(3, "best-of-N (keep the candidate with the highest mean token logprob)")
-    request = Request.chat("Write a one-line slogan for a coffee shop.", temperature=1.0,
+    request = Request.chat("Write a one-line slogan for a coffee shop.", temperature=0.8,
                            max_tokens=24, seed=7)
     result = best_of_n(model, request, n=4)
     table = Table(box=None, pad_edge=False, header_style="bold")
@@ -109,7 +109,8 @@ def best_of(model: Model) -> None:
     for choice, score in zip(result.completion.choices, result.scores, strict=True):
         won = choice.index == result.best.index
         table.add_row(f"{choice.index + 1}{' ★' if won else ''}", f"{score:.3f}",
-                      shorten(choice.text, 70), style="bold green" if won else None)
+                      shorten(choice.text, max(console.width - 24, 20)),
+                      style="bold green" if won else None)
     console.print(table)
     console.print(f"winner: #{result.best.index + 1} · {stats(result.completion)}", style="dim")
 
@@ -119,11 +120,12 @@ def vote(model: Model) -> None:
     question = "What is 7 + 5? Reply with just the number."
 
     def number(text: str) -> str | None:
-        match = re.search(r"-?\d+", text)
-        return match.group(0) if match else None
+        # The last number: a sample may restate the question ("7 + 5 = 12") before answering.
+        found = re.findall(r"-?\d+", text)
+        return found[-1] if found else None
 
     result = self_consistency(
-        model, Request.chat(question, temperature=0.7, max_tokens=12, seed=3), n=5,
+        model, Request.chat(question, temperature=0.5, max_tokens=12, seed=3), n=5,
         extract=number,
     )
     console.print(Text.assemble(("user  ", "bold"), question))
@@ -138,12 +140,15 @@ def traces(store: TraceStore, after_id: int) -> None:
     step(5, "the traces this tour logged")
     rows = [r for r in store.list(limit=50) if r["id"] > after_id]
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for col in ("id", "model", "prompt", "output", "tokens", "secs"):
-        table.add_column(col, no_wrap=True, overflow="ellipsis")
+    for col in ("id", "kind", "prompt", "output", "tokens", "secs"):
+        table.add_column(col, no_wrap=True, justify="right" if col in ("id", "tokens", "secs")
+                         else "left")
+    # Cut the text columns to the terminal ourselves: rich would rather drop whole columns.
+    width = max((console.width - 36) // 2, 12)
     for r in reversed(rows):
         prompt = r["prompt"] or next(
             (m["content"] for m in reversed(r["messages"] or []) if m["role"] == "user"), "")
-        table.add_row(str(r["id"]), r["model"], shorten(prompt, 36), shorten(r["output"], 30),
+        table.add_row(str(r["id"]), r["kind"], shorten(prompt, width), shorten(r["output"], width),
                       str((r["prompt_tokens"] or 0) + (r["completion_tokens"] or 0)),
                       f"{r['total_s']:.2f}")
     console.print(table)

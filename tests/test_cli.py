@@ -24,10 +24,12 @@ from fmstack.store import TraceStore
 VENV_BIN = Path(sys.executable).parent
 FMSTACK = VENV_BIN / "fmstack"
 QUESTION = "What is the capital of France?"
+SYSTEM = "You are a helpful assistant."
 
 
 def invoke(*args: str, input: str | None = None) -> Result:
-    result = CliRunner().invoke(app, list(args), input=input)
+    # A wide terminal, so tables do not cut the text the tests look for.
+    result = CliRunner().invoke(app, list(args), input=input, env={"COLUMNS": "200"})
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     return result
@@ -186,13 +188,15 @@ def test_empty_stdin_prompt_is_an_error() -> None:
 
 
 def test_generate_greedy_human_and_json() -> None:
-    human = ok("generate", QUESTION, "-t", "0", "--max-tokens", "16")
+    # With its default system prompt this 135M model rambles about France; a plain one makes
+    # the greedy answer the expected sentence.
+    human = ok("generate", QUESTION, "--system", SYSTEM, "-t", "0", "--max-tokens", "16")
     assert "Paris" in human.stdout
     footer = human.stderr.strip().splitlines()[-1]
     assert re.search(r"\d+ prompt \+ \d+ completion tokens · TTFT \d+ ms · [\d.]+ tok/s", footer)
     assert footer.endswith("trace 1")
 
-    data = gen_json(QUESTION, "-t", "0", "--max-tokens", "16")
+    data = gen_json(QUESTION, "--system", SYSTEM, "-t", "0", "--max-tokens", "16")
     assert data["text"] == data["choices"][0]["text"] == human.stdout.strip()
     assert 0 < data["usage"]["completion_tokens"] <= 16
     assert data["usage"]["prompt_tokens"] > 5
@@ -201,7 +205,8 @@ def test_generate_greedy_human_and_json() -> None:
 
     rows = traces()
     assert [r["id"] for r in rows] == [1, 2]
-    assert rows[1]["messages"] == [{"role": "user", "content": QUESTION}]
+    assert rows[1]["messages"] == [{"role": "system", "content": SYSTEM},
+                                   {"role": "user", "content": QUESTION}]
     assert rows[1]["output"] == data["text"]
     assert rows[1]["params"]["temperature"] == 0
 
@@ -216,6 +221,19 @@ def test_generate_system_raw_stop_and_no_trace() -> None:
     row = traces()[-1]
     assert row["prompt"] == "1, 2, 3, 4," and row["messages"] is None
     assert row["params"]["stop"] == ["7"]
+
+
+def test_every_sampling_flag_reaches_the_request() -> None:
+    flags = {"--temperature": 0.7, "--top-k": 20, "--top-p": 0.9, "--min-p": 0.05,
+             "--repetition-penalty": 1.1, "--frequency-penalty": 0.5,
+             "--presence-penalty": 0.25, "--seed": 11, "--max-tokens": 5}
+    args = [str(a) for flag, value in flags.items() for a in (flag, value)]
+    gen_json(QUESTION, *args, "--stop", "\n\n", "--stop", "END", "--top-logprobs", "3")
+    params = traces()[-1]["params"]
+    for flag, value in flags.items():
+        assert params[flag[2:].replace("-", "_")] == value
+    assert params["stop"] == ["\n\n", "END"]
+    assert params["logprobs"] is True and params["top_logprobs"] == 3
 
 
 def test_generate_json_schema_file_output_validates(tmp_path: Path) -> None:
@@ -309,7 +327,7 @@ def test_missing_model_file() -> None:
 
 
 def test_prompt_longer_than_context_window() -> None:
-    prompt = "word " * 12000
+    prompt = "word " * 3000
     line = error_line(invoke("generate", "-", "--max-tokens", "8", input=prompt))
     assert "context" in line.lower()
     assert_store_consistent()
@@ -334,7 +352,7 @@ def test_openai_unreachable_endpoint_and_missing_key(monkeypatch: pytest.MonkeyP
 
 def test_logs_list_show_and_filters() -> None:
     data = gen_json(QUESTION, "-t", "0", "--max-tokens", "8")
-    error_line(invoke("generate", "-", "--max-tokens", "8", input="word " * 12000))
+    error_line(invoke("generate", "-", "--max-tokens", "8", input="word " * 3000))
 
     rows = json.loads(ok("logs", "--json").stdout)
     assert [r["id"] for r in rows][-1] == data["trace_id"]

@@ -33,7 +33,7 @@ DEFAULT_MODEL = "smollm2"
 
 def out() -> Console:
     # Built per call, not at import: CliRunner swaps sys.stdout between invocations.
-    return Console(highlight=False, soft_wrap=True)
+    return Console(highlight=False)
 
 
 def err() -> Console:

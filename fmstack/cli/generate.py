@@ -217,11 +217,11 @@ def _plain(c: Completion, as_json: bool) -> None:
     if as_json:
         common.print_json({"text": c.text, **c.model_dump(mode="json")})
         return
-    console = common.out()
     for choice in c.choices:
-        if len(c.choices) > 1:
-            console.print(f"[bold][{choice.index + 1}][/bold] ", end="")
-        console.print(choice.text, markup=False)
+        # Model text is written as-is: no markup, no wrapping, nothing for rich to reinterpret.
+        label = f"[{choice.index + 1}] " if len(c.choices) > 1 else ""
+        sys.stdout.write(f"{label}{choice.text}\n")
+        sys.stdout.flush()
         if choice.logprobs is not None:
             title = f"logprobs [{choice.index + 1}]" if len(c.choices) > 1 else "logprobs"
             common.print_logprobs(choice.logprobs, title)
@@ -271,7 +271,7 @@ def _best_of(m: Any, request: Request, n: int, as_json: bool) -> None:
     console = common.out()
     console.print(table)
     console.print(f"[bold]winner: #{winner + 1}[/bold]")
-    console.print(result.text, markup=False)
+    sys.stdout.write(result.text + "\n")
     common.print_footer(c)
 
 
@@ -300,5 +300,5 @@ def _vote(m: Any, request: Request, n: int, as_json: bool) -> None:
     console = common.out()
     console.print(table)
     console.print(f"[bold]answer ({result.agreement:.0%} agreement):[/bold]")
-    console.print(result.answer if result.answer is not None else "(no answer)", markup=False)
+    sys.stdout.write((result.answer if result.answer is not None else "(no answer)") + "\n")
     common.print_footer(c)

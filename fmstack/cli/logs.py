@@ -52,21 +52,25 @@ def list_traces(
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for name, justify in [("id", "right"), ("time", "left"), ("model", "left"),
-                          ("prompt", "left"), ("output", "left"), ("tokens", "right"),
-                          ("secs", "right"), ("error", "left")]:
-        table.add_column(name, justify=justify, overflow="ellipsis", no_wrap=name != "error")  # type: ignore[arg-type]
+    for name in ("id", "time", "model", "prompt", "output", "tokens", "secs", "error"):
+        table.add_column(name, justify="right" if name in ("id", "tokens", "secs") else "left",
+                         no_wrap=True)
+    # Rich's own column shrinking drops whole columns on a narrow terminal, so the free-text
+    # columns are cut here to share what the fixed ones (id, time, tokens, secs) leave.
+    free = max(console.width - 44, 40)
+    model_w, text_w = free * 2 // 10, free * 25 // 100
+    error_w = free - model_w - 2 * text_w
     for r in rows:
         tokens = (r["prompt_tokens"] or 0) + (r["completion_tokens"] or 0)
         table.add_row(
             str(r["id"]),
             _local_time(r["created_at"]),
-            common.shorten(r["model"], 24),
-            common.shorten(prompt_of(r), 32),
-            common.shorten(r["output"], 32),
+            common.shorten(r["model"], model_w),
+            common.shorten(prompt_of(r), text_w),
+            common.shorten(r["output"], text_w),
             str(tokens) if r["completion_tokens"] is not None else "",
             f"{r['total_s']:.2f}" if r["total_s"] is not None else "",
-            common.shorten(r["error"], 48),
+            common.shorten(r["error"], error_w),
             style="red" if r["error"] else None,
         )
     console.print(table)
