@@ -288,6 +288,15 @@ def test_generate_vote_reports_majority() -> None:
     assert vote["answer"] == data["text"] == max(vote["counts"], key=vote["counts"].get)
     assert vote["answers"] == [c["text"].strip() for c in data["choices"]]
 
+    data = gen_json("What is 7 + 5? Reply with just the number.", "--vote", "5", "-t", "0.5",
+                    "--seed", "3", "--max-tokens", "12", "--extract", r"-?\d+")
+    vote = data["vote"]
+    last_numbers = [(re.findall(r"-?\d+", c["text"]) or [None])[-1] for c in data["choices"]]
+    assert vote["answers"] == last_numbers
+    assert vote["answer"] == max(vote["counts"], key=vote["counts"].get)
+    assert error_line(invoke("generate", QUESTION, "--extract", "x")) == (
+        "error: --extract only applies to --vote")
+
 
 def test_generate_stream_matches_blocking_output() -> None:
     streamed = ok("generate", QUESTION, "--stream", "-t", "0", "--max-tokens", "16")

@@ -177,7 +177,7 @@ def print_footer(c: Completion) -> None:
 def print_logprobs(logprobs: list[TokenLogprob], title: str = "logprobs") -> None:
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left", box=None, pad_edge=False)
+    table = Table(box=None, pad_edge=False)
     table.add_column("#", justify="right", style="dim")
     table.add_column("token")
     table.add_column("logprob", justify="right")
@@ -189,7 +189,9 @@ def print_logprobs(logprobs: list[TokenLogprob], title: str = "logprobs") -> Non
         if show_top:
             row.append("  ".join(f"{a.token!r} {a.logprob:.2f}" for a in t.top))
         table.add_row(*row)
-    out().print(table)
+    console = out()
+    console.print(title, style="bold", markup=False)
+    console.print(table)
 
 
 def shorten(text: str | None, width: int) -> str:

@@ -7,7 +7,9 @@ everything that reaches the model is traced by the Model contract itself.
 from __future__ import annotations
 
 import json
+import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -96,6 +98,12 @@ def generate(
         typer.Option("--vote", metavar="N", help="Sample N, answer by majority vote "
                      "(self-consistency).", rich_help_panel=_T),
     ] = None,
+    extract: Annotated[
+        str | None,
+        typer.Option("--extract", metavar="REGEX", help="With --vote: vote on the last match "
+                     "of REGEX in each sample (its first group, if any), e.g. '-?\\d+'.",
+                     rich_help_panel=_T),
+    ] = None,
     stream: Annotated[bool, typer.Option("--stream", help="Print tokens as they decode.")] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the Completion as JSON.")
@@ -116,6 +124,7 @@ def generate(
         flags = common.flag_names({"response_format": fmt_flag} if fmt_flag else None)
         params = common.sampling_params({**sampling, "response_format": fmt}, flags)
         _check_combinations(params.n, best_of, vote, stream, as_json, raw, system)
+        extractor = _extractor(extract, vote)
         text = _read_prompt(prompt)
 
         from fmstack.models import Message, Request, load_model
@@ -131,7 +140,7 @@ def generate(
             if best_of is not None:
                 _best_of(m, request, best_of, as_json)
             elif vote is not None:
-                _vote(m, request, vote, as_json)
+                _vote(m, request, vote, as_json, extractor)
             elif stream:
                 _stream(m, request)
             else:
@@ -191,12 +200,36 @@ def _load_schema(path_text: str) -> dict[str, Any]:
     return schema
 
 
+def _extractor(pattern: str | None, vote: int | None) -> Callable[[str], str | None] | None:
+    """What --vote votes on: the last match of ``pattern`` (its first group if it has one)."""
+    if pattern is None:
+        return None
+    if vote is None:
+        raise ConfigError("--extract only applies to --vote")
+    try:
+        compiled = re.compile(pattern)
+    except re.error as e:
+        raise ConfigError(f"--extract: invalid regex {pattern!r}: {e}") from None
+
+    def extract(text: str) -> str | None:
+        matches = list(compiled.finditer(text))
+        if not matches:
+            return None
+        last = matches[-1]
+        return last.group(1) if compiled.groups else last.group(0)
+
+    return extract
+
+
 def _check_combinations(
     n: int, best_of: int | None, vote: int | None, stream: bool, as_json: bool, raw: bool,
     system: str | None,
 ) -> None:
     if best_of is not None and vote is not None:
         raise ConfigError("use only one of --best-of and --vote")
+    for flag, value in (("--best-of", best_of), ("--vote", vote)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} needs at least 1 sample, got {value}")
     search = "--best-of" if best_of is not None else "--vote" if vote is not None else None
     if search and n != 1:
         raise ConfigError(f"{search} sets the number of samples itself; drop --n")
@@ -258,8 +291,7 @@ def _best_of(m: Any, request: Request, n: int, as_json: bool) -> None:
         return
     from rich.table import Table
 
-    table = Table(title=f"best of {n} (score: mean token logprob)", title_justify="left",
-                  box=None, pad_edge=False)
+    table = Table(box=None, pad_edge=False)
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")
     table.add_column("candidate")
@@ -269,16 +301,20 @@ def _best_of(m: Any, request: Request, n: int, as_json: bool) -> None:
         table.add_row(f"{choice.index + 1}{mark}", f"{score:.3f}",
                       common.shorten(choice.text, 80), style=style)
     console = common.out()
+    console.print(f"[bold]best of {n}[/bold] (score: mean token logprob)")
     console.print(table)
     console.print(f"[bold]winner: #{winner + 1}[/bold]")
     sys.stdout.write(result.text + "\n")
     common.print_footer(c)
 
 
-def _vote(m: Any, request: Request, n: int, as_json: bool) -> None:
+def _vote(
+    m: Any, request: Request, n: int, as_json: bool,
+    extract: Callable[[str], str | None] | None,
+) -> None:
     from fmstack.models import self_consistency
 
-    result = self_consistency(m, request, n)
+    result = self_consistency(m, request, n, extract=extract)
     c = result.completion
     if as_json:
         common.print_json({
@@ -290,14 +326,14 @@ def _vote(m: Any, request: Request, n: int, as_json: bool) -> None:
         return
     from rich.table import Table
 
-    table = Table(title=f"self-consistency over {n} samples", title_justify="left",
-                  box=None, pad_edge=False)
+    table = Table(box=None, pad_edge=False)
     table.add_column("votes", justify="right")
     table.add_column("answer")
     for answer, count in result.counts.items():
         style = "bold green" if answer == result.answer else None
         table.add_row(str(count), common.shorten(answer, 80), style=style)
     console = common.out()
+    console.print(f"[bold]self-consistency over {n} samples[/bold]")
     console.print(table)
     console.print(f"[bold]answer ({result.agreement:.0%} agreement):[/bold]")
     sys.stdout.write((result.answer if result.answer is not None else "(no answer)") + "\n")
