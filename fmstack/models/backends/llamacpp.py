@@ -160,6 +160,11 @@ class LlamaCppModel(Model):
         flash_attn: bool = True,
         seed: int | None = None,
     ) -> None:
+        """Load ``target``, a GGUF file. ``n_ctx`` is the context window in tokens (llama.cpp
+        rounds it up to a multiple of 256; ``context_length`` is the real one), ``n_threads``
+        the CPU threads (default: half the logical cores), ``n_batch`` the prompt tokens per
+        decode call, ``n_gpu_layers`` the layers to offload where llama.cpp was built with a GPU
+        backend, ``seed`` the seed of requests that set none (default: fresh randomness)."""
         super().__init__(name, tracer=tracer)
         if n_ctx < 1:
             raise ConfigError(f"n_ctx must be >= 1, got {n_ctx}")
@@ -212,17 +217,21 @@ class LlamaCppModel(Model):
         self._candidates: Any = None  # the token array samplers work on, allocated once
         self._all_ids: Any = None
         self._formatter: Any = None
+        self._no_chat = "has no chat template in its GGUF metadata; send a raw prompt"
         template = self._llm.metadata.get("tokenizer.chat_template")
         if template:
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
             eos = int(ll.llama_vocab_eos(self._vocab))
-            self._formatter = Jinja2ChatFormatter(
-                template,
-                eos_token=self._token_text(eos) if eos >= 0 else "",
-                bos_token=self._token_text(bos) if bos >= 0 else "",
-                add_generation_prompt=True,
-            )
+            try:
+                self._formatter = Jinja2ChatFormatter(
+                    template,
+                    eos_token=self._token_text(eos) if eos >= 0 else "",
+                    bos_token=self._token_text(bos) if bos >= 0 else "",
+                    add_generation_prompt=True,
+                )
+            except Exception as e:  # a template Jinja cannot compile: raw prompts still work
+                self._no_chat = f"has a chat template that does not compile ({e})"
 
     # ----- tokens and templates -----------------------------------------------------------
 
@@ -250,9 +259,7 @@ class LlamaCppModel(Model):
 
     def render_chat(self, messages: Sequence[Message]) -> str:
         if self._formatter is None:
-            raise CapabilityError(
-                f"{self.name} has no chat template in its GGUF metadata; send a raw prompt"
-            )
+            raise CapabilityError(f"{self.name} {self._no_chat}")
         try:
             rendered = self._formatter(messages=[m.model_dump() for m in messages]).prompt
         except Exception as e:  # a template's raise_exception() or a Jinja error
