@@ -41,7 +41,7 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
 
 from fmstack.errors import (
@@ -64,6 +64,9 @@ from fmstack.models.types import (
     TopLogprob,
     Usage,
 )
+
+if TYPE_CHECKING:
+    from fmstack.store.traces import TraceStore
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # Sent to loopback servers that need no key: the client will not start without one.
@@ -120,7 +123,7 @@ class OpenAIModel(Model):
         target: str,
         *,
         name: str,
-        tracer: Any = None,
+        tracer: TraceStore | None = None,
         base_url: str | None = None,
         api_key_env: str = "OPENAI_API_KEY",
         timeout: float = 60.0,
