@@ -37,10 +37,10 @@ def test_user_aliases_file(fmstack_home: Path, smollm2_path: Path) -> None:
     (fmstack_home / "aliases.json").write_text(json.dumps({"tiny": f"llamacpp:{smollm2_path}"}))
     assert resolve("tiny") == ("llamacpp", str(smollm2_path))
     (fmstack_home / "aliases.json").write_text("{not json")
-    with pytest.raises(ConfigError, match="aliases.json"):
+    with pytest.raises(ConfigError, match=r"aliases\.json"):
         resolve("tiny")
 
 
 def test_unknown_backend_option_is_an_error() -> None:
-    with pytest.raises(ConfigError, match="no option n_ctxx"):
+    with pytest.raises(ConfigError, match=r"no option n_ctxx"):
         load_model("smollm2", trace=False, n_ctxx=10)

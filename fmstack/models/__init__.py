@@ -5,8 +5,8 @@ from fmstack.models.base import Capabilities, Model
 from fmstack.models.registry import DEFAULT_MODEL, load_model, resolve
 from fmstack.models.tts import BestOfN, Vote, best_of_n, self_consistency
 from fmstack.models.types import (
-    ChoiceFormat,
     Choice,
+    ChoiceFormat,
     Completion,
     Delta,
     JsonSchemaFormat,

@@ -33,7 +33,9 @@ def _load(path: Path, mtime: float) -> dict[str, dict[str, float]]:
         raise ConfigError(f"{path}: expected an object mapping model name to prices")
     for name, row in table.items():
         if not isinstance(row, dict) or not {"input", "output"} <= set(row):
-            raise ConfigError(f'{path}: entry {name!r} needs "input" and "output" (USD per 1M tokens)')
+            raise ConfigError(
+                f'{path}: entry {name!r} needs "input" and "output" (USD per 1M tokens)'
+            )
     return table
 
 

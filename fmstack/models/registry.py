@@ -165,6 +165,10 @@ def load_model(uri: str = DEFAULT_MODEL, *, trace: bool = True, **options: Any) 
         if unknown:
             valid = sorted(k for k in accepted if k not in ("self", "target", "name", "tracer"))
             raise ConfigError(
-                f"backend {backend!r} has no option {', '.join(unknown)} (options: {', '.join(valid)})"
+                f"backend {backend!r} has no option {', '.join(unknown)} "
+                f"(options: {', '.join(valid)})"
             )
-    return cls(target, name=uri, tracer=tracer, **options)
+    # Backends take the target positionally; the base class does not (it has no target).
+    factory: Any = cls
+    model: Model = factory(target, name=uri, tracer=tracer, **options)
+    return model

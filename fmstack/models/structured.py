@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from re import _parser as sre_parse  # type: ignore[attr-defined]
 from typing import Any
 
 from fmstack.errors import ConfigError, OutputValidationError
@@ -113,10 +114,6 @@ def regex_to_gbnf(pattern: str) -> str:
     Backreferences and lookaround cannot be expressed in a context-free grammar: ConfigError.
     """
     try:
-        from re import _parser as sre_parse  # type: ignore[attr-defined]
-    except ImportError:  # Python < 3.11
-        import sre_parse  # type: ignore[no-redef]
-    try:
         tree = sre_parse.parse(pattern)
     except re.error as e:
         raise ConfigError(f"invalid regex {pattern!r}: {e}") from None
@@ -165,11 +162,9 @@ def _node(op: Any, av: Any, pattern: str) -> str:
     if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
         lo, hi, body = av
         inner = _seq(body, pattern)
-        if not inner.startswith(("(", "[", '"')) or " " in inner and not inner.startswith("("):
+        if not inner.startswith(("(", "[", '"')) or (" " in inner and not inner.startswith("(")):
             inner = "(" + inner + ")"
-        from re import _constants  # type: ignore[attr-defined]
-
-        unbounded = hi == _constants.MAXREPEAT
+        unbounded = hi == sre_parse.MAXREPEAT
         if (lo, unbounded) == (0, True):
             return inner + "*"
         if (lo, unbounded) == (1, True):

@@ -47,7 +47,9 @@ def best_of_n(model: Model, request: Request, n: int, scorer: Scorer | None = No
         raise ConfigError("best-of-N with temperature 0 samples the same answer n times; "
                           "set temperature > 0")
     needs_logprobs = scorer is None
-    params = request.params.model_copy(update={"n": n, "logprobs": request.params.logprobs or needs_logprobs})
+    params = request.params.model_copy(
+        update={"n": n, "logprobs": request.params.logprobs or needs_logprobs}
+    )
     completion = model.complete(request.model_copy(update={"params": params}))
     score = scorer or mean_logprob
     scores = [score(c) for c in completion.choices]

@@ -26,7 +26,9 @@ class Message(BaseModel):
 class JsonSchemaFormat(BaseModel):
     """Output must be JSON that validates against ``json_schema``."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # "schema" is the public name (as in the OpenAI API); the attribute cannot be called that
+    # because it would shadow BaseModel.schema.
+    model_config = ConfigDict(extra="forbid", serialize_by_alias=True)
     type: Literal["json_schema"] = "json_schema"
     json_schema: dict[str, Any] = Field(alias="schema")
     name: str = "output"

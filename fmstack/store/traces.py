@@ -22,7 +22,9 @@ from fmstack.store.db import connect
 if TYPE_CHECKING:
     from fmstack.models.types import Completion, Request
 
-_KEY_PATTERN = re.compile(r"\b(sk-[A-Za-z0-9_\-]{16,}|hf_[A-Za-z0-9]{20,}|Bearer\s+[A-Za-z0-9._\-]{16,})")
+_KEY_PATTERN = re.compile(
+    r"\b(sk-[A-Za-z0-9_\-]{16,}|hf_[A-Za-z0-9]{20,}|Bearer\s+[A-Za-z0-9._\-]{16,})"
+)
 _SECRET_ENV = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD)", re.I)
 REDACTED = "[REDACTED]"
 
@@ -105,7 +107,8 @@ class TraceStore:
         errors_only: bool = False,
     ) -> list[dict[str, Any]]:
         """Newest first."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[object] = []
         if model:
             where.append("model = ?")
             args.append(model)
