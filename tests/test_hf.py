@@ -284,12 +284,15 @@ def test_unenforceable_schema_is_config_error(hf: HFModel) -> None:
 
 @slow
 def test_streaming_equals_non_streamed(hf: HFModel) -> None:
-    request = chat("Write a haiku about the sea.", temperature=0, max_tokens=20, stop=["\n\n"],
-                   logprobs=True)
+    # A stop string of two tokens: its first token must be held back while streaming, then
+    # dropped when the second one completes it.
+    request = chat("Write a haiku about the sea.", temperature=0, max_tokens=20,
+                   stop=[" gentle lapping"], logprobs=True)
     done = hf.complete(request)
+    assert done.finish_reason == "stop" and done.text.endswith("\nA"), done.text
     deltas = list(hf.stream(request))
     final = deltas[-1]
-    assert final.completion is not None and final.finish_reason == done.finish_reason
+    assert final.completion is not None and final.finish_reason == "stop"
     assert "".join(d.text for d in deltas) == done.text == final.completion.text
     assert len(deltas) > 3  # it really streamed, piece by piece
     streamed = [d.logprob.id for d in deltas if d.logprob is not None]

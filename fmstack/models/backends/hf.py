@@ -149,6 +149,7 @@ class _Row:
     ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None
     text: str = ""
+    ends: list[int] = field(default_factory=list)  # len(text) after each token in ids
     emitted: int = 0  # characters already streamed
     finish: FinishReason | None = None
     steps: int = 0  # decode steps, including the one that picked an end token
@@ -434,15 +435,25 @@ class HFModel(Model):
             safe = _safe_prefix(row.text, stops)
             piece = safe[row.emitted :]
             row.emitted = len(safe)
-            lp = row.logprobs[sent] if row.logprobs and len(row.logprobs) > sent else None
-            sent += lp is not None
-            if piece or lp is not None:
-                yield Delta(text=piece, logprob=lp)
+            # A token's logprob goes out with (or after) the last of its text, so a token held
+            # back as a possible stop string and then dropped is never reported.
+            ready: list[TokenLogprob | None] = []
+            if row.logprobs is not None:
+                while sent < len(row.logprobs) and row.ends[sent] <= row.emitted:
+                    ready.append(row.logprobs[sent])
+                    sent += 1
+            for i, lp in enumerate(ready or [None]):
+                if piece or lp is not None:
+                    yield Delta(text=piece if i == 0 else "", logprob=lp)
         completion = self._completion([row], rendered[0], started, 0.0)
-        last = row.logprobs[sent] if row.logprobs and len(row.logprobs) > sent else None
+        rest: list[TokenLogprob | None] = list(row.logprobs[sent:]) if row.logprobs else []
+        piece = row.text[row.emitted :]
+        for lp in rest[:-1]:
+            yield Delta(text=piece, logprob=lp)
+            piece = ""
         yield Delta(
-            text=row.text[row.emitted :],
-            logprob=last,
+            text=piece,
+            logprob=rest[-1] if rest else None,
             finish_reason=row.finish,
             completion=completion,
         )
@@ -594,12 +605,14 @@ class HFModel(Model):
         if row.counts is not None:
             row.counts[token] += 1
         row.text = self.detokenize(row.ids)
+        row.ends.append(len(row.text))
         cut = _find_stop(row.text, row.params.stop)
         if cut is not None:
             row.text = row.text[:cut]
             # Keep only the tokens that produced the returned text.
-            while row.ids and len(self.detokenize(row.ids[:-1])) >= cut:
+            while row.ids and (row.ends[-2] if len(row.ends) > 1 else 0) >= cut:
                 row.ids.pop()
+                row.ends.pop()
                 if row.logprobs:
                     row.logprobs.pop()
             row.finish = "stop"
