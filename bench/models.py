@@ -65,10 +65,11 @@ def machine() -> dict[str, Any]:
     }
 
 
-def requests(batch: int, max_tokens: int) -> list[Request]:
-    # min_tokens is not in the contract, so long-answer prompts keep most streams at max_tokens.
+def requests(batch: int, max_tokens: int, offset: int = 0) -> list[Request]:
+    # Long-answer prompts keep most streams at max_tokens (the contract has no min_tokens).
+    # Each run starts at a different prompt so no run finds its whole prompt already cached.
     return [
-        Request.chat(PROMPTS[i % len(PROMPTS)], temperature=0, max_tokens=max_tokens)
+        Request.chat(PROMPTS[(offset + i) % len(PROMPTS)], temperature=0, max_tokens=max_tokens)
         for i in range(batch)
     ]
 
@@ -94,8 +95,8 @@ def summarize(completions: list[Completion], wall: float) -> dict[str, Any]:
 def bench_model(model: Model, batch: int, max_tokens: int, repeats: int) -> dict[str, Any]:
     model.generate(requests(1, 8))  # warm-up: first-call allocations, caches
     runs = []
-    for _ in range(repeats):
-        reqs = requests(batch, max_tokens)
+    for r in range(repeats):
+        reqs = requests(batch, max_tokens, offset=r + 1)
         start = time.perf_counter()
         completions = model.generate(reqs)
         runs.append(summarize(completions, time.perf_counter() - start))
@@ -103,19 +104,22 @@ def bench_model(model: Model, batch: int, max_tokens: int, repeats: int) -> dict
     return {"batch": batch, "runs": runs, "best": best}
 
 
-def bench_llama_cpp_direct(path: str, max_tokens: int, repeats: int) -> dict[str, Any]:
+def bench_llama_cpp_direct(
+    path: str, max_tokens: int, repeats: int, threads: int
+) -> dict[str, Any]:
     """The peer: llama-cpp-python's own API on the same prompts, batch 1, no fmstack."""
     from llama_cpp import Llama
 
-    llm = Llama(model_path=path, n_ctx=2048, n_threads=min(2, os.cpu_count() or 1), verbose=False)
+    llm = Llama(model_path=path, n_ctx=2048, n_threads=threads, n_threads_batch=threads,
+                flash_attn=True, verbose=False)
     llm.create_chat_completion([{"role": "user", "content": "hi"}], max_tokens=8, temperature=0)
     runs = []
-    for _ in range(repeats):
+    for r in range(repeats):
         start = time.perf_counter()
         first = None
         tokens = 0
         for chunk in llm.create_chat_completion(
-            [{"role": "user", "content": PROMPTS[0]}],
+            [{"role": "user", "content": PROMPTS[(r + 1) % len(PROMPTS)]}],
             max_tokens=max_tokens, temperature=0, top_k=0, min_p=0.0, top_p=1.0, stream=True,
         ):
             delta = chunk["choices"][0]["delta"].get("content")  # type: ignore[index]
@@ -140,6 +144,8 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--backends", default="llamacpp,hf")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                    help="CPU threads for every backend and the peer (default: all cores)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "models.json"))
     args = ap.parse_args()
 
@@ -147,16 +153,27 @@ def main() -> None:
     results: dict[str, Any] = {
         "benchmark": "models",
         "command": "make bench  (python bench/models.py "
-        f"--max-tokens {args.max_tokens} --repeats {args.repeats})",
+        f"--max-tokens {args.max_tokens} --repeats {args.repeats} --threads {args.threads})",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "model": "SmolLM2-135M-Instruct (Q4_1 GGUF; hf backend: dequantized to float32)",
-        "settings": {"max_tokens": args.max_tokens, "greedy": True, "repeats": args.repeats},
+        "settings": {"max_tokens": args.max_tokens, "greedy": True, "repeats": args.repeats,
+                     "threads": args.threads},
+        "notes": [
+            "best = the run with the highest throughput of `repeats` runs",
+            "both llama.cpp paths reuse the KV cache of the prompt prefix they share with the "
+            "previous request (SmolLM2's chat template opens with the same system prompt), so "
+            "their TTFT covers only the new part of the prompt; the hf backend has no prefix "
+            "cache and always processes the whole prompt",
+            "the llamacpp backend decodes a batch one request after another (capabilities.batch "
+            "is False), so its batch-8 TTFT includes waiting for the requests ahead; hf decodes "
+            "the 8 together",
+        ],
         "backends": {},
     }
     for backend in args.backends.split(","):
         print(f"[bench] {backend} ...", flush=True)
-        model = load_model(aliases[backend], trace=False)
+        model = load_model(aliases[backend], trace=False, n_threads=args.threads)
         results["backends"][backend] = {
             f"batch{b}": bench_model(model, b, args.max_tokens, args.repeats) for b in (1, 8)
         }
@@ -165,7 +182,9 @@ def main() -> None:
 
     print("[bench] llama-cpp-python direct ...", flush=True)
     results["peer_llama_cpp_direct"] = {
-        "batch1": bench_llama_cpp_direct(str(smollm2_gguf()), args.max_tokens, args.repeats)
+        "batch1": bench_llama_cpp_direct(
+            str(smollm2_gguf()), args.max_tokens, args.repeats, args.threads
+        )
     }
 
     ref = results["backends"].get("llamacpp")

@@ -4,6 +4,7 @@ and prices never touch the user's files; slow-to-build artefacts share one cache
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Session-scoped fixtures run before the per-test home below exists: give them a throwaway
+# home too, so no test ever writes to the user's ~/.fmstack.
+os.environ["FMSTACK_HOME"] = tempfile.mkdtemp(prefix="fmstack-test-home-")
 
 
 @pytest.fixture(scope="session")

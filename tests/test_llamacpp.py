@@ -11,7 +11,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from fmstack.errors import CapabilityError, ContextLengthError, ModelNotFoundError
+from fmstack.errors import CapabilityError, ConfigError, ContextLengthError, ModelNotFoundError
 from fmstack.models import (
     ChoiceFormat,
     JsonSchemaFormat,
@@ -172,6 +172,15 @@ def test_score_without_context_is_conditioned_on_bos(model: LlamaCppModel) -> No
     assert bare.logprobs == pytest.approx(with_bos.logprobs, abs=1e-6)
     garbled = model.score(["dog lazy the over jumps fox brown quick The."])[0]
     assert bare.mean > garbled.mean
+
+
+def test_score_refuses_ambiguous_input(model: LlamaCppModel) -> None:
+    with pytest.raises(ConfigError, match="empty context"):
+        model.score(["text"], contexts=[""])
+    with pytest.raises(ConfigError, match="empty text"):
+        model.score([""])
+    with pytest.raises(ConfigError, match="1 texts but 2 contexts"):
+        model.score(["text"], contexts=["a", "b"])
 
 
 # ----- structured output -------------------------------------------------------------------

@@ -111,6 +111,9 @@ class Model:
             raise ConfigError(f"{len(texts)} texts but {len(contexts)} contexts")
         if any(t == "" for t in texts):
             raise ConfigError("cannot score an empty text")
+        if contexts is not None and any(c == "" for c in contexts):
+            # Backends disagree on what "" would mean (BOS or nothing): make the caller say.
+            raise ConfigError("empty context: pass contexts=None to condition on BOS only")
         return self._score(texts, list(contexts) if contexts is not None else None)
 
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
