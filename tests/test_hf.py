@@ -362,3 +362,31 @@ def test_logprobs_agree_with_llamacpp(hf: HFModel, llamacpp_model: object) -> No
     assert mean < 0.15  # ~2x the measured mean
     assert worst < 1.0
     assert corr > 0.995
+
+
+def test_calls_are_traced_including_failures(hf: HFModel) -> None:
+    from fmstack.store import TraceStore
+
+    store = TraceStore()
+    hf.tracer = store
+    try:
+        ok = hf.complete(chat("Say hi.", temperature=0, max_tokens=4))
+        with pytest.raises(ContextLengthError):
+            hf.complete(Request.text("hello " * 9000, max_tokens=4))
+    finally:
+        hf.tracer = None
+    failed, done = store.list()
+    assert done["id"] == ok.trace_id and done["output"] == ok.text and done["error"] is None
+    assert done["rendered_prompt"] == ok.rendered_prompt and done["backend"] == "hf"
+    assert failed["error"].startswith("ContextLengthError") and failed["output"] is None
+
+
+@pytest.mark.gpu
+def test_cuda_greedy_matches_cpu(hf: HFModel, session_cache: Path) -> None:
+    # Only where a GPU is lent: the same greedy text on CUDA as on the CPU.
+    cuda = load_model("smollm2-hf", trace=False, device="cuda")
+    request = chat("Name three fruits.", temperature=0, max_tokens=16)
+    try:
+        assert cuda.complete(request).text == hf.complete(request).text
+    finally:
+        cuda.close()
