@@ -40,6 +40,11 @@ class OutputValidationError(FmstackError):
     """A structured output did not parse or did not validate against its format."""
 
 
+class PromptError(FmstackError):
+    """A prompt file that does not parse or validate, bad variables for it, or an unknown prompt.
+    The message starts with ``path:line:`` when the line is known."""
+
+
 def missing(package: str, extra: str) -> MissingDependencyError:
     """The error for an optional import that failed, with the exact install command."""
     return MissingDependencyError(

@@ -38,6 +38,18 @@ MIGRATIONS: list[str] = [
     CREATE INDEX traces_created ON traces(created_at);
     CREATE INDEX traces_model ON traces(model);
     """,
+    # 2: prompt versions (content hashes of prompt files, so old versions can be diffed).
+    """
+    CREATE TABLE prompt_versions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        content TEXT NOT NULL,
+        path TEXT,
+        created_at TEXT NOT NULL,
+        UNIQUE(name, version)
+    );
+    """,
 ]
 
 
