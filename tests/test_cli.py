@@ -438,9 +438,14 @@ def test_demo_runs_to_completion() -> None:
                           env=env(), timeout=300)
     assert done.returncode == 0, done.stderr
     for heading in ("1. generate", "2. structured output", "3. best-of-N",
-                    "4. self-consistency", "5. the traces", "tour finished"):
+                    "4. self-consistency", "5. a prompt file", "6. the traces",
+                    "tour finished"):
         assert heading in done.stdout
     assert "Paris" in done.stdout
+    # The prompt-file step: its traced prompt is the text it showed, tagged with its version.
+    flat = " ".join(done.stdout.split())  # rich wraps long lines
+    assert "traced prompt identical to the text above" in flat
+    assert '"prompt": "capital"' in flat
     assert re.search(r"(\d+) traces in", done.stdout)
-    assert int(re.search(r"(\d+) traces in", done.stdout).group(1)) == len(traces()) == 5  # type: ignore[union-attr]
+    assert int(re.search(r"(\d+) traces in", done.stdout).group(1)) == len(traces()) == 6  # type: ignore[union-attr]
 

@@ -12,7 +12,7 @@ import sys
 import typer
 
 from fmstack import __version__
-from fmstack.cli import chat, common, generate, logs, models
+from fmstack.cli import chat, common, generate, logs, models, prompt
 
 app = typer.Typer(
     name="fmstack",
@@ -44,6 +44,7 @@ app.command("models")(models.models)
 app.command("generate")(generate.generate)
 app.command("chat")(chat.chat)
 app.add_typer(logs.app, name="logs")
+app.add_typer(prompt.app, name="prompt")
 
 
 def main() -> None:
