@@ -161,6 +161,7 @@ def test_diff(prompts: Path) -> None:
     assert "-You answer with the city name only." in diff
     assert "+You answer with the city name." in diff
     assert f"+++ capital@{new} (current)" in diff
+    path.unlink()  # recorded versions outlive the file
     both = ok("prompt", "diff", "capital", old, new).stdout
     assert both.splitlines()[:2] == [f"--- capital@{old}", f"+++ capital@{new}"]
     same = ok("prompt", "diff", "capital", old, old)

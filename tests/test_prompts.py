@@ -358,3 +358,25 @@ def test_diff_of_a_final_newline_is_not_empty() -> None:
 
     assert "only the final newline differs" in unified_diff("a", "a\n", "old", "new")
     assert unified_diff("a\n", "a\n", "old", "new") == ""
+
+
+def test_optional_input_with_null_default_accepts_none() -> None:
+    prompt = parse_prompt("---\ninputs:\n  t: {}\n  note: {default: null}\n---\n"
+                          "{{ t }}{% if note %} ({{ note }}){% endif %}\n", name="opt")
+    assert prompt.messages({"t": "a"})[0].content == "a"
+    assert prompt.messages({"t": "a", "note": None})[0].content == "a"
+    assert prompt.messages({"t": "a", "note": "n"})[0].content == "a (n)"
+    with pytest.raises(PromptError, match=r"variable t must be a string, got NoneType None"):
+        prompt.messages({"t": None})
+
+
+def test_estimated_cost_uses_the_price_table(
+    llamacpp_model: Model, prompt_dir: Path, fmstack_home: Path
+) -> None:
+    prompt = load_prompt(write(prompt_dir, "summarize", SUMMARIZE))
+    free = render(prompt, {"text": "x"}, llamacpp_model)
+    assert free.estimated_cost == 0.0
+    (fmstack_home / "prices.json").write_text('{"smollm2": {"input": 2.0, "output": 10.0}}')
+    priced = render(prompt, {"text": "x"}, llamacpp_model, max_tokens=100)
+    assert priced.token_count == free.token_count
+    assert priced.estimated_cost == pytest.approx((free.token_count * 2.0 + 100 * 10.0) / 1e6)

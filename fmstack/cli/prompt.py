@@ -211,7 +211,9 @@ def diff(
     """Unified diff between two recorded versions of a prompt."""
     with common.user_errors():
         library = _library(ctx, prompts)
-        prompt_name = library.get(name).name if v2 is None else name
+        # A recorded version outlives its file, so a plain name with two versions needs no file.
+        by_file = v2 is None or name.endswith(".prompt") or "/" in name
+        prompt_name = library.get(name).name if by_file else name
         text = library.diff(prompt_name, v1, v2)
     if not text:
         common.err().print("the versions are identical", style="dim")

@@ -39,6 +39,7 @@ _PY_TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,),
     "array": (list,), "object": (dict,),
 }
+_RECORDED: set[tuple[str, str, str]] = set()  # (database, name, version) stored this process
 _TRUE, _FALSE = {"true", "yes", "1", "on"}, {"false", "no", "0", "off"}
 
 # One environment for all prompts: sandboxed (a prompt file is data, not code) and strict (a
@@ -119,7 +120,8 @@ class PromptFile:
         values: dict[str, Any] = {}
         for key, spec in self.inputs.items():
             value = vars.get(key, spec.default)
-            if key in vars or value is not None:
+            # None is a value only where the file made it the default (an optional input).
+            if not (value is None and not spec.required and spec.default is None):
                 _check_type(self.name, key, spec.type, value)
             values[key] = value
         return values
@@ -182,10 +184,17 @@ class PromptFile:
 
     def record(self) -> bool:
         """Store this version's content; True if it was not recorded before."""
+        from fmstack.config import db_path
         from fmstack.store.prompts import PromptVersions
 
+        # Chains render the same prompt many times: one insert per version per process will do.
+        key = (str(db_path()), self.name, self.version)
+        if key in _RECORDED:
+            return False
         with PromptVersions() as store:
-            return store.record(self.name, self.version, self.text, self.path)
+            new = store.record(self.name, self.version, self.text, self.path)
+        _RECORDED.add(key)
+        return new
 
     def _render(self, index: int, values: dict[str, Any]) -> str:
         role, source = self.sections[index]
