@@ -201,3 +201,11 @@ def test_console_script_error_exit(prompts: Path) -> None:
     assert done.returncode == 1
     assert done.stderr.strip().startswith("error: unknown prompt 'nope'")
     assert len(done.stderr.strip().splitlines()) == 1 and done.stdout == ""
+
+
+def test_prompt_model_is_the_default_and_m_overrides_it(prompts: Path) -> None:
+    (prompts / "pinned.prompt").write_text("---\nmodel: no-such-model\n---\nSay hi.\n")
+    line = error_line(invoke("prompt", "render", "pinned", "--prompts", str(prompts)))
+    assert "no-such-model" in line
+    shown = ok("prompt", "render", "pinned", "--prompts", str(prompts), "-m", "smollm2")
+    assert "Say hi." in shown.stdout and "smollm2" in shown.stderr

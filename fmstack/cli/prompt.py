@@ -53,8 +53,8 @@ VarOpt = Annotated[
 ]
 PromptModelOpt = Annotated[
     str | None,
-    typer.Option("--model", "-m", help="Alias or URI. [default: the prompt's model, else "
-                 f"{DEFAULT_MODEL}]"),
+    typer.Option("--model", "-m", help="Alias or URI; by default the prompt's own model, "
+                 f"else {DEFAULT_MODEL}."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
