@@ -78,6 +78,12 @@ class Embedder:
         self.name = name or path.name
         self.path = path
         self.batch_size = batch_size
+        # transformers draws a weight-loading progress bar on stderr; a local 90 MB model
+        # loads in well under a second, so the bar is only noise in CLI output.
+        from transformers.utils import logging as hf_logging
+
+        bar_was_on = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
         try:
             self._model: Any = SentenceTransformer(
                 str(path), device=device, local_files_only=True
@@ -85,6 +91,9 @@ class Embedder:
         except (OSError, ValueError, RuntimeError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ModelNotFoundError(f"cannot load embedding model {path}: {first}") from None
+        finally:
+            if bar_was_on:
+                hf_logging.enable_progress_bar()
         # Renamed in sentence-transformers 6; the extra allows >= 3.
         dim_of = getattr(self._model, "get_embedding_dimension", None)
         if dim_of is None:
