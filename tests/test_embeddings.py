@@ -82,9 +82,9 @@ def test_bad_input_errors(embedder: Embedder, tmp_path: Path) -> None:
         embedder.embed("one string")
     with pytest.raises(ConfigError, match="text 1 to embed is int"):
         embedder.embed(["ok", 3])  # type: ignore[list-item]
-    with pytest.raises(ModelNotFoundError, match="unknown embedder 'nope'.*minilm"):
+    with pytest.raises(ModelNotFoundError, match=r"unknown embedder 'nope'.*minilm"):
         load_embedder("nope")
-    with pytest.raises(ModelNotFoundError, match="no config.json"):
+    with pytest.raises(ModelNotFoundError, match=r"no config\.json"):
         Embedder(tmp_path)
     with pytest.raises(ConfigError, match="batch_size must be at least 1"):
         load_embedder("minilm", batch_size=0)
