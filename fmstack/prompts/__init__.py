@@ -15,19 +15,37 @@ from fmstack.prompts.files import (
     version_of,
 )
 from fmstack.prompts.library import BUILTIN_DIR, PromptLibrary, Rendered, default_dirs, render
+from fmstack.prompts.techniques import (
+    Chain,
+    ChainResult,
+    Critique,
+    Step,
+    chain_of_thought,
+    extract_answer,
+    select_examples,
+    self_critique,
+)
 
 __all__ = [
     "BUILTIN_DIR",
+    "Chain",
+    "ChainResult",
+    "Critique",
     "Example",
     "InputSpec",
     "PromptError",
     "PromptFile",
     "PromptLibrary",
     "Rendered",
+    "Step",
+    "chain_of_thought",
     "default_dirs",
+    "extract_answer",
     "load_prompt",
     "parse_prompt",
     "render",
+    "select_examples",
+    "self_critique",
     "unified_diff",
     "version_of",
 ]
