@@ -1,0 +1,107 @@
+"""Evaluation metrics: small documented functions, each registered by name.
+
+``get_metric("f1")`` returns the registered metric (callable, with its range and direction);
+an unknown name raises ``ConfigError`` listing the known ones. See ``registry`` for the calling
+conventions. Heavy dependencies (sacrebleu, rouge-score, sentence-transformers) are imported
+on first use, so importing this package is cheap.
+
+=======================  ==========  =====================================================
+metric                   range       notes
+=======================  ==========  =====================================================
+exact_match, f1          [0, 1]      SQuAD normalization by default
+contains, regex          {0, 1}      substring / ``re.search`` (``full=True``: whole text)
+json_valid, json_schema  {0, 1}      strict JSON; ``allow_fences`` accepts a code fence
+numeric_match            {0, 1}      GSM8K-style number extraction, compared as numbers
+bleu, corpus_bleu        [0, 100]    sacrebleu, equal to its scores
+chrf, corpus_chrf        [0, 100]    sacrebleu; ``word_order=2`` is chrF++
+rouge1, rouge2, rougeL   [0, 1]      rouge-score; ``measure`` = fmeasure/precision/recall
+semantic_similarity      [-1, 1]     cosine of MiniLM embeddings (shared embedder)
+perplexity               [1, inf)    per token, lower is better, tokenizer-dependent
+bits_per_byte            [0, inf)    lower is better, comparable across tokenizers
+latency, ttft, tpot      [0, inf)    seconds, from ``Completion.timings``
+cost                     [0, inf)    USD, from ``Completion.cost``
+=======================  ==========  =====================================================
+"""
+
+from __future__ import annotations
+
+from fmstack.eval.metrics.model import (
+    LMScore,
+    SemanticSimilarity,
+    bits_per_byte,
+    bits_per_byte_from_logprobs,
+    corpus_bits_per_byte,
+    corpus_perplexity,
+    cost,
+    latency,
+    lm_score,
+    output_tokens_per_second,
+    perplexity,
+    perplexity_from_logprobs,
+    semantic_similarity,
+    shared_embedder,
+    tpot,
+    ttft,
+)
+from fmstack.eval.metrics.numeric import extract_number, numeric_match
+from fmstack.eval.metrics.overlap import (
+    bleu,
+    chrf,
+    corpus_bleu,
+    corpus_chrf,
+    rouge,
+    rouge1,
+    rouge2,
+    rouge_l,
+)
+from fmstack.eval.metrics.registry import METRICS, MetricSpec, get_metric, metric, metric_names
+from fmstack.eval.metrics.text import (
+    contains,
+    exact_match,
+    json_schema_valid,
+    json_valid,
+    normalize,
+    regex_match,
+    token_f1,
+)
+
+__all__ = [
+    "METRICS",
+    "LMScore",
+    "MetricSpec",
+    "SemanticSimilarity",
+    "bits_per_byte",
+    "bits_per_byte_from_logprobs",
+    "bleu",
+    "chrf",
+    "contains",
+    "corpus_bits_per_byte",
+    "corpus_bleu",
+    "corpus_chrf",
+    "corpus_perplexity",
+    "cost",
+    "exact_match",
+    "extract_number",
+    "get_metric",
+    "json_schema_valid",
+    "json_valid",
+    "latency",
+    "lm_score",
+    "metric",
+    "metric_names",
+    "normalize",
+    "numeric_match",
+    "output_tokens_per_second",
+    "perplexity",
+    "perplexity_from_logprobs",
+    "regex_match",
+    "rouge",
+    "rouge1",
+    "rouge2",
+    "rouge_l",
+    "semantic_similarity",
+    "shared_embedder",
+    "token_f1",
+    "tpot",
+    "ttft",
+]
