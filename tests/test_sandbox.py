@@ -35,14 +35,17 @@ def unguarded() -> Sandbox:
 
 
 def _procs_named(comm: str) -> list[int]:
+    """Live (non-zombie) processes with this name; zombies wait for the machine's reaper."""
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                if Path(f"/proc/{entry}/comm").read_text().strip() == comm:
-                    found.append(int(entry))
+                stat = Path(f"/proc/{entry}/stat").read_text()
             except OSError:
                 continue
+            name, state = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2]
+            if name == comm and state != "Z":
+                found.append(int(entry))
     return found
 
 

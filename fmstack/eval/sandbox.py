@@ -215,7 +215,8 @@ del _name, _mod
 # installation read-only, make /tmp the working directory, then run Python as the sandbox uid.
 # sh stays PID 1 of the namespace: the kernel ignores signals a PID 1 sends itself (a
 # program's own os.kill or SIGALRM would be lost), and PID 1 exiting kills all the rest.
-# /var/tmp first serves as a private stash so bind mounts survive hiding their parents.
+# /var/tmp first serves as a private stash so bind mounts survive hiding their parents. Binds,
+# not `mount --move`: in a user namespace util-linux reports a failed move that happened.
 _SETUP = r"""
 set -e
 W=$1; U=$2; T=$3; N=$4; shift 4
@@ -233,11 +234,11 @@ for h in /root /home; do
 done
 i=0
 while [ "$i" -lt "$N" ]; do
-  eval "p=\$P$i"; mkdir -p "$p"; mount --move "/var/tmp/$i" "$p"
+  eval "p=\$P$i"; mkdir -p "$p"; mount --bind "/var/tmp/$i" "$p"
   mount -o remount,bind,ro "$p"; i=$((i+1))
 done
-mount --move /var/tmp/w /tmp
-umount /var/tmp
+mount --bind /var/tmp/w /tmp
+umount -l /var/tmp
 mount -t tmpfs -o "size=${T}m" fmstack-vartmp /var/tmp
 if [ -d /dev/shm ]; then mount -t tmpfs -o "size=${T}m" fmstack-shm /dev/shm; fi
 cd /tmp; unset OLDPWD
@@ -294,6 +295,35 @@ def _kill_uid(uid: int) -> None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.01)
+
+
+def _live_members(pgid: int) -> bool:
+    """Whether a process group still has a member that is not a zombie."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                return True
+    return False
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL the group until no live member is left: a process that was mid-fork during the
+    first kill can leave a child behind. Zombies are ignored: they wait for whoever reaps
+    orphans on this machine, which may take a while."""
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return
+        if not _live_members(pgid):
+            return
+        time.sleep(0.005)
 
 
 def _traversable_by_others(path: str) -> bool:
@@ -501,6 +531,7 @@ class Sandbox:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         returncode = proc.wait()
+        _kill_group(proc.pid)
         if uid is not None:
             _kill_uid(uid)
         duration = time.monotonic() - start
