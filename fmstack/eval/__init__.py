@@ -1,0 +1,1 @@
+"""Evaluation: metrics, sandboxed execution, AI judges, comparative rankings."""
