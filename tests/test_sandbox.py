@@ -153,12 +153,15 @@ def test_memory_bomb_fails_with_memory_status(sandbox: Sandbox) -> None:
     assert sandbox.run("print(sum(range(10)))").stdout.strip() == "45"
 
 
-@pytest.mark.parametrize("guarded", [True, False], ids=["guard", "os-only"])
+@pytest.mark.parametrize("mode", ["guard", "os-only", "process-guard"])
 def test_writes_outside_the_working_directory_never_land(
-    guarded: bool, sandbox: Sandbox, unguarded: Sandbox, tmp_path: Path
+    mode: str, sandbox: Sandbox, unguarded: Sandbox, tmp_path: Path
 ) -> None:
-    box = sandbox if guarded else unguarded
-    if not guarded and not {"uid-drop", "mountns"} & set(box.protections):
+    if mode == "process-guard":  # no namespaces, and no uid drop as root here: the guard alone
+        box = Sandbox(SandboxLimits(timeout_s=5), isolation="process")
+    else:
+        box = sandbox if mode == "guard" else unguarded
+    if mode == "os-only" and not {"uid-drop", "mountns"} & set(box.protections):
         pytest.skip("without a uid drop or mount namespace only the Python guard stops writes")
     tmp_path.chmod(0o755)  # even a directory others may enter must stay untouched
     targets = [tmp_path / "escaped.txt", Path.home() / "fmstack-sandbox-escape.txt"]

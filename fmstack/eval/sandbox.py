@@ -463,8 +463,9 @@ class Sandbox:
         memory = limits.memory_mb * 1024 * 1024
         file_size = limits.max_file_mb * 1024 * 1024
         nproc = limits.max_processes
-        if uid is None and not self._root:
-            # RLIMIT_NPROC counts all of the user's processes, not only the sandbox's.
+        if uid is None and not self._root and not use_ns:
+            # RLIMIT_NPROC counts all of the user's processes, not only the sandbox's (in a new
+            # user namespace the kernel counts that namespace's processes only).
             nproc += len(_pids_of_uid(os.getuid()))
         config = {
             "limits": {
