@@ -12,8 +12,10 @@ Always (``"process"``, ``"rlimits"``, ``"session-kill"``, ``"fresh-dir"``, ``"cl
     RLIMIT_CORE=0, set by the child on itself before the program runs (hard limits: the
     program cannot raise them);
   - a fresh temporary working directory (cwd and HOME), deleted afterwards;
-  - a minimal environment (PATH, HOME, LANG only): no API keys or other user variables leak,
-    and ``-I`` makes Python ignore PYTHON* variables and the user's site-packages.
+  - a minimal environment (PATH, HOME, TMPDIR, LANG only): no API keys or other user
+    variables leak, and ``-I`` makes Python ignore PYTHON* variables and user site-packages;
+  - stdin is empty (the program text travels on the child's stdin and is read before it runs);
+    stdout and stderr go to temporary files, of which the last 4 KiB are kept.
 ``"nproc"``: RLIMIT_NPROC caps the number of processes. Linux counts it per real user id and
   ignores it for root, so it is effective only when the sandbox runs as its own unprivileged
   uid (below) or as a normal user (then the cap is "the user's current count + N", racy).
@@ -53,6 +55,10 @@ What the sandbox does NOT protect against:
     the machine, or the time a program spends sleeping (only the wall-clock limit applies).
 Use a VM or a container runtime (gVisor, Firecracker) for adversarial code; this sandbox is
 for evaluating model-written code on a developer's machine.
+
+Cost, measured on a 2-core machine shared with other work: 0.1–0.25 s per program with
+namespaces, about half that without; all 164 HumanEval canonical solutions pass in ~23 s
+(namespaces) or ~13 s (plain processes) with 2 workers.
 """
 
 from __future__ import annotations
@@ -78,6 +84,8 @@ from fmstack.errors import ConfigError
 Status = Literal["passed", "failed", "timeout", "memory", "error"]
 Isolation = Literal["auto", "namespaces", "process"]
 
+# The child's whole PATH (sbin too: mount and unshare live there on some distributions).
+_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
 # Directories hidden behind an empty tmpfs inside the mount namespace.
 _HIDDEN_DIRS = ("/root", "/home")
 
@@ -110,7 +118,9 @@ class SandboxLimits:
 class ExecResult:
     """What happened to one program. ``status``: passed (exit 0), failed (non-zero exit),
     timeout (wall clock or CPU limit), memory (out of its memory limit), error (killed by an
-    unexpected signal, or the sandbox could not start it)."""
+    unexpected signal, or the sandbox could not start it). Under namespaces the program runs
+    below a shell, which reports death by signal N as exit code 128+N, so a program's own
+    ``exit(137)`` reads as a kill there. ``exit_code`` is None after a wall-clock timeout."""
 
     status: Status
     exit_code: int | None
@@ -407,8 +417,10 @@ class Sandbox:
         key = (os.geteuid(), self._root)
         with _probe_lock:
             if key not in _probed:
-                if shutil.which("unshare") is None or (self._root and not shutil.which("setpriv")):
-                    _probed[key] = "unshare/setpriv not found"
+                tools = ["unshare", "mount", "setpriv"] if self._root else ["unshare", "mount"]
+                absent = [t for t in tools if shutil.which(t, path=_PATH) is None]
+                if absent:
+                    _probed[key] = f"{', '.join(absent)} not found"
                 else:
                     result = self._execute("print('ok')", True, True, SandboxLimits(timeout_s=10))
                     ok = result.status == "passed" and result.stdout.strip() == "ok"
@@ -460,9 +472,9 @@ class Sandbox:
     def _command(
         self, workdir: str, uid: int | None, use_ns: bool, guard: bool, limits: SandboxLimits
     ) -> list[str]:
-        memory = limits.memory_mb * 1024 * 1024
-        file_size = limits.max_file_mb * 1024 * 1024
-        nproc = limits.max_processes
+        memory = int(limits.memory_mb * 1024 * 1024)
+        file_size = int(limits.max_file_mb * 1024 * 1024)
+        nproc = int(limits.max_processes)
         if uid is None and not self._root and not use_ns:
             # RLIMIT_NPROC counts all of the user's processes, not only the sandbox's (in a new
             # user namespace the kernel counts that namespace's processes only).
@@ -485,9 +497,10 @@ class Sandbox:
         if not self._root:
             flags = ["--user", "--map-root-user", *flags]
         prefixes = _exposed_prefixes()
+        unshare = shutil.which("unshare", path=_PATH) or "unshare"
         return [
-            "unshare", *flags, "sh", "-c", _SETUP, "sh", workdir,
-            "" if uid is None else str(uid), str(limits.tmpfs_mb), str(len(prefixes)),
+            unshare, *flags, "sh", "-c", _SETUP, "sh", workdir,
+            "" if uid is None else str(uid), str(int(limits.tmpfs_mb)), str(len(prefixes)),
             *prefixes, "--", *python,
         ]  # fmt: skip
 
@@ -504,7 +517,7 @@ class Sandbox:
         stdin, stdout, stderr = files
         protections = self.protections if use_ns == self._use_ns else ()
         env = {
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "PATH": _PATH,
             "HOME": "/tmp" if use_ns else workdir,
             "TMPDIR": "/tmp" if use_ns else workdir,
             "LANG": "C.UTF-8",
