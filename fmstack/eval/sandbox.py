@@ -284,13 +284,16 @@ def _release_uid(uid: int) -> None:
 
 
 def _pids_of_uid(uid: int) -> list[int]:
+    """Live processes of a uid (zombies are already dead: they only wait to be reaped)."""
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 if os.stat(f"/proc/{entry}").st_uid == uid:
-                    pids.append(int(entry))
-            except OSError:
+                    stat = Path(f"/proc/{entry}/stat").read_text()
+                    if stat[stat.rindex(")") + 2] != "Z":
+                        pids.append(int(entry))
+            except (OSError, ValueError, IndexError):
                 continue
     return pids
 
