@@ -14,6 +14,7 @@ text is meaningless without a custom tokenizer.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -23,6 +24,7 @@ from fmstack.eval.metrics.text import Reference, references
 
 Measure = Literal["fmeasure", "precision", "recall"]
 _MEASURES = ("fmeasure", "precision", "recall")
+_ROUGE_TYPE = re.compile(r"rouge[1-9]|rougeL|rougeLsum")
 
 
 def _sacrebleu() -> Any:
@@ -35,23 +37,39 @@ def _sacrebleu() -> Any:
 
 @functools.lru_cache(maxsize=32)
 def _bleu(tokenize: str, lowercase: bool, smooth_method: str, effective_order: bool) -> Any:
+    sacrebleu = _sacrebleu()
+    from sacrebleu.metrics.bleu import _TOKENIZERS
+
+    if tokenize not in _TOKENIZERS:
+        raise ConfigError(
+            f"bleu: unknown tokenize {tokenize!r}; use one of {', '.join(_TOKENIZERS)}"
+        )
+    smoothers = sacrebleu.metrics.BLEU.SMOOTH_DEFAULTS
+    if smooth_method not in smoothers:
+        raise ConfigError(
+            f"bleu: unknown smooth_method {smooth_method!r}; use one of {', '.join(smoothers)}"
+        )
     try:
-        return _sacrebleu().metrics.BLEU(
+        return sacrebleu.metrics.BLEU(
             tokenize=tokenize,
             lowercase=lowercase,
             smooth_method=smooth_method,
             effective_order=effective_order,
         )
-    except (KeyError, ValueError, AssertionError, RuntimeError) as e:
-        raise ConfigError(f"bleu: bad option ({e})") from None
+    except (ImportError, RuntimeError, OSError) as e:
+        # ja-mecab and ko-mecab need extra packages; spm/flores download a model on first use.
+        why = " ".join(str(e).split())
+        raise ConfigError(f"bleu: tokenize {tokenize!r} is not available here: {why}") from None
 
 
 @functools.lru_cache(maxsize=32)
 def _chrf(char_order: int, word_order: int, beta: int) -> Any:
-    try:
-        return _sacrebleu().metrics.CHRF(char_order=char_order, word_order=word_order, beta=beta)
-    except (ValueError, AssertionError) as e:
-        raise ConfigError(f"chrf: bad option ({e})") from None
+    if char_order < 1 or word_order < 0 or beta < 0:
+        raise ConfigError(
+            f"chrf: need char_order >= 1, word_order >= 0, beta >= 0 "
+            f"(got {char_order}, {word_order}, {beta})"
+        )
+    return _sacrebleu().metrics.CHRF(char_order=char_order, word_order=word_order, beta=beta)
 
 
 def _streams(predictions: Sequence[str], refs: Sequence[Reference]) -> list[list[str | None]]:
@@ -132,10 +150,7 @@ def _rouge_scorer(rouge_type: str, use_stemmer: bool) -> Any:
         from rouge_score import rouge_scorer
     except ImportError:
         raise missing("rouge-score", "eval") from None
-    try:
-        return rouge_scorer.RougeScorer([rouge_type], use_stemmer=use_stemmer)
-    except ValueError as e:
-        raise ConfigError(f"rouge: {e}") from None
+    return rouge_scorer.RougeScorer([rouge_type], use_stemmer=use_stemmer)
 
 
 def rouge(
@@ -151,6 +166,10 @@ def rouge(
     (rouge-score's ``score_multi``)."""
     if measure not in _MEASURES:
         raise ConfigError(f"rouge: measure must be one of {', '.join(_MEASURES)}, not {measure!r}")
+    if not _ROUGE_TYPE.fullmatch(rouge_type):
+        raise ConfigError(
+            f"rouge: unknown type {rouge_type!r}; use rouge1..rouge9, rougeL or rougeLsum"
+        )
     scorer = _rouge_scorer(rouge_type, use_stemmer)
     refs = references(reference)
     scores = (

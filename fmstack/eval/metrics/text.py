@@ -29,6 +29,10 @@ def references(reference: Reference) -> list[str]:
     """A reference argument as a non-empty list of strings (a bare string is one reference)."""
     if isinstance(reference, str):
         return [reference]
+    if not isinstance(reference, Sequence):
+        raise ConfigError(
+            f"a reference must be a string or a list of strings, not {type(reference).__name__}"
+        )
     refs = list(reference)
     if not refs:
         raise ConfigError("no reference given: need a string or a non-empty list of strings")
