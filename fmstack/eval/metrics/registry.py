@@ -4,7 +4,7 @@ A metric is a plain function decorated with ``@metric("name")``; the decorator r
 call it and how to read its number (range, direction, whether it is a per-sample or a corpus
 score) and returns the function unchanged, so Python callers use it directly.
 
-Calling conventions, named by ``MetricSpec.inputs``:
+Calling conventions, named by ``MetricSpec.inputs`` (passed positionally, in that order):
 
 * ``("prediction", "reference")`` — a per-sample text metric: ``fn(output_text, reference)``;
 * ``("prediction",)`` — a per-sample metric that needs no reference (JSON-valid, perplexity);
