@@ -10,7 +10,9 @@ Perplexity and bits per byte come from ``Model.score`` (teacher-forced logprobs,
   a text does not depend on how it is cut into tokens, and the byte count is the text's own,
   so bpb *is* comparable across tokenizers and models.
 
-Both are conditioned on BOS only (or on ``context``, whose tokens are not scored). Over several
+Both are conditioned on BOS only (or on ``context``, whose tokens are not scored). A backend
+whose model has no BOS cannot score a text's first token; bpb still divides by all the text's
+bytes then, so it reads slightly low for short texts on such models. Over several
 texts, the corpus numbers pool tokens and bytes (a long text weighs more), which is what
 language-model benchmarks report; they are not the mean of per-text values. A text longer
 than the model's context window raises ``ContextLengthError``: split it first.
