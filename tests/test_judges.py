@@ -130,18 +130,37 @@ def test_failures_are_per_sample(model: Model) -> None:
 
 
 def test_unconstrained_judge_parses_or_reports_each_reply(model: Model) -> None:
-    judge = Judge(model, "judge-reference", constraint="none", max_tokens=12)
-    verdicts = judge.grade([
-        {"question": "What is 6 times 7?", "answer": "42", "reference": "42"},
-        {"question": "Capital of Italy?", "answer": "Rome", "reference": "Rome"},
-    ])
+    reference = Judge(model, "judge-reference", constraint="none", max_tokens=16)
+    classify = Judge(model, "judge-classify", labels=["yes", "no"], constraint="none",
+                     max_tokens=16)
+    verdicts = [
+        reference.grade_one(question="What is 6 times 7?", answer="42", reference="42"),
+        classify.grade_one(question="Is the sky blue?", answer="yes",
+                           criterion="Is the answer right?"),
+    ]
     for v in verdicts:
         assert "response_format" not in trace_of(model, v)["params"]
+        assert v.text is not None
         if v.ok:
             assert v.value in ("correct", "incorrect")
         else:
-            assert v.error is not None and "is not a verdict (expected one of: correct, " \
-                "incorrect)" in v.error and v.text is not None
+            assert v.error is not None and "is not a verdict (expected one of: yes, no)" in \
+                v.error
+    # Greedy SmolLM2 copies the JSON of judge-reference's few-shot examples, but answers the
+    # example-free classify prompt in prose: one parsed verdict, one per-sample error.
+    assert [v.ok for v in verdicts] == [True, False]
+
+
+def test_parse_reply(model: Model) -> None:
+    labels = Judge(model, "judge-classify", labels=["Yes", "No"], constraint="none")
+    assert labels.parse_reply('Sure. {"verdict": "No"} is my answer') == "No"
+    assert labels.parse_reply('{"verdict": "maybe"}') is None
+    assert labels.parse_reply("  **yes.** ") == "Yes"
+    assert labels.parse_reply("The answer is yes.") is None
+    scale = Judge(model, constraint="none")
+    assert scale.parse_reply('{"verdict": 4}') == 4
+    assert scale.parse_reply("3") == 3
+    assert scale.parse_reply("9") is None and scale.parse_reply('{"verdict": true}') is None
 
 
 def test_backend_that_cannot_enforce_is_told_up_front() -> None:

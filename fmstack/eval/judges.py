@@ -227,15 +227,17 @@ class Judge:
             return self.verdicts.check(parsed.get("verdict") if isinstance(parsed, dict) else None)
         if self.constraint == "choice":
             return self._from_text(str(parsed))
-        return self._lenient(text)
+        return self.parse_reply(text)
 
     def _from_text(self, text: str) -> Label | None:
         if self.verdicts.is_scale:
             return self.verdicts.check(int(text)) if re.fullmatch(r"-?\d+", text) else None
         return self.verdicts.check(text)
 
-    def _lenient(self, text: str) -> Label | None:
-        """An unconstrained reply: a JSON object with a verdict, else the bare label."""
+    def parse_reply(self, text: str) -> Label | None:
+        """The verdict in an unconstrained reply, or None: the first JSON object's
+        ``verdict`` when the reply has one, else the whole reply as a bare label (case and
+        surrounding quotes, backticks, asterisks and full stops ignored) or integer."""
         found = re.search(r"\{.*?\}", text, re.DOTALL)
         if found is not None:
             try:
@@ -299,6 +301,8 @@ class PairwiseJudge:
 
     The prompt's verdicts must be exactly ``A``, ``B`` and ``tie`` (the builtin
     ``judge-pairwise``) and it must declare ``question``, ``answer_a`` and ``answer_b``.
+    Verdicts become rankings battles as ``(model_x, model_y, v.winner)`` for each ``v`` whose
+    winner is not None.
     ``judge_fn`` replaces the model with a caller's function of (question, first, second)
     returning ``"A"``, ``"B"`` or ``"tie"`` (a human, a rule, a cached verdict): the swap
     logic is the same.
