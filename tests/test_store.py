@@ -38,6 +38,12 @@ def test_log_list_get_round_trip(tmp_path: Path) -> None:
     assert row["params"] == {"temperature": 0.0}
     assert store.list(errors_only=True)[0]["error"] == "ValueError: boom"
     assert store.count() == 2
+    fmt_req = Request.chat("hi", response_format={"type": "choice", "choices": ["a", "b"]})
+    fid = store.log_call(model="m", backend="b", request=fmt_req, completion=None,
+                         error=None, seconds=0.0)
+    logged = store.get(fid)
+    assert logged is not None
+    assert logged["params"]["response_format"] == {"type": "choice", "choices": ["a", "b"]}
     assert store.get(10_000) is None
 
 

@@ -70,7 +70,7 @@ class TraceStore:
             "messages": _dumps([m.model_dump() for m in request.messages])
             if request.messages is not None
             else None,
-            "params": _dumps(request.params.model_dump(mode="json", exclude_defaults=True)),
+            "params": _dumps(_params(request)),
             "tags": _dumps(request.tags),
             "error": redact(f"{type(error).__name__}: {error}") if error is not None else None,
             "total_s": seconds,
@@ -134,6 +134,16 @@ class TraceStore:
 
     def close(self) -> None:
         self._conn.close()
+
+
+def _params(request: Request) -> dict[str, Any]:
+    # Only what differs from the defaults keeps traces short, but a response format is logged
+    # whole: its "type" is a default and would otherwise be dropped.
+    params = request.params.model_dump(mode="json", exclude_defaults=True)
+    fmt = request.params.response_format
+    if fmt is not None:
+        params["response_format"] = fmt.model_dump(mode="json")
+    return params
 
 
 def _decode(row: sqlite3.Row) -> dict[str, Any]:
