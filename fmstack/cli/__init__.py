@@ -13,6 +13,7 @@ import typer
 
 from fmstack import __version__
 from fmstack.cli import chat, common, generate, logs, models, prompt
+from fmstack.cli import eval as eval_cli
 
 app = typer.Typer(
     name="fmstack",
@@ -45,6 +46,7 @@ app.command("generate")(generate.generate)
 app.command("chat")(chat.chat)
 app.add_typer(logs.app, name="logs")
 app.add_typer(prompt.app, name="prompt")
+app.add_typer(eval_cli.app, name="eval")
 
 
 def main() -> None:

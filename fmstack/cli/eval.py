@@ -1,0 +1,278 @@
+"""``fmstack eval``: run suites, list and show runs, write reports, compare runs as a CI gate.
+
+``eval compare A B`` exits 1 when a metric regresses beyond its threshold (the rule is in
+``fmstack.eval.compare``): put it after ``eval run`` in CI to stop a change that makes the
+suite worse with confidence.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from fmstack.cli import common
+from fmstack.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fmstack.eval.compare import Comparison
+    from fmstack.eval.report import Summary, Table
+
+app = typer.Typer(
+    help="Evaluation runs: run a suite, list and show runs, report, compare (a CI gate).",
+    add_completion=False,
+    no_args_is_help=True,
+)
+
+RunArg = Annotated[str, typer.Argument(metavar="RUN", help="Run id or unique prefix.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _load(run_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    from fmstack.store.evals import EvalStore
+
+    with EvalStore() as store:
+        run = store.get_run(run_id)
+        return run, store.samples(run["id"])
+
+
+@app.command("run")
+def run(
+    suite: Annotated[Path, typer.Argument(metavar="SUITE", help="Suite YAML file.")],
+    resume: Annotated[
+        str | None, typer.Option("--resume", metavar="RUN", help="Continue this run.")
+    ] = None,
+    retry_errors: Annotated[
+        bool, typer.Option("--retry-errors", help="With --resume: also redo errored samples.")
+    ] = False,
+    no_progress: Annotated[
+        bool, typer.Option("--no-progress", help="No progress bar.")
+    ] = False,
+) -> None:
+    """Run a suite; results go to the store (then: fmstack eval show RUN)."""
+    with common.user_errors():
+        if retry_errors and resume is None:
+            raise ConfigError("--retry-errors needs --resume RUN (errors of which run?)")
+        from fmstack.eval.runner import run_suite
+
+        run_id = run_suite(suite, resume=resume, retry_errors=retry_errors,
+                           progress=not no_progress)
+        run_row, samples = _load(str(run_id))
+    _print_summary(run_row, samples)
+
+
+@app.command("list")
+def list_runs(
+    limit: Annotated[int, typer.Option("--limit", "-n", help="How many runs.")] = 20,
+    as_json: JsonOpt = False,
+) -> None:
+    """List eval runs, newest first."""
+    with common.user_errors():
+        if limit < 1:
+            raise ConfigError(f"--limit must be at least 1, got {limit}")
+        from fmstack.store.evals import EvalStore
+
+        with EvalStore() as store:
+            rows = store.runs(limit=limit)
+            counts = {r["id"]: _counts(store.samples(r["id"])) for r in rows}
+    if as_json:
+        common.print_json([{**r, "samples": counts[r["id"]][0], "errors": counts[r["id"]][1]}
+                           for r in rows])
+        return
+    console = common.out()
+    if not rows:
+        console.print("no eval runs yet (fmstack eval run SUITE)", style="dim")
+        return
+    from rich.table import Table as RichTable
+
+    table = RichTable(box=None, pad_edge=False, header_style="bold")
+    for name in ("run", "created", "suite", "status", "samples", "errors"):
+        table.add_column(name, justify="right" if name in ("samples", "errors") else "left")
+    for r in rows:
+        n, errors = counts[r["id"]]
+        table.add_row(r["id"], _local(r["created_at"]), str(r["suite_name"]), str(r["status"]),
+                      str(n), str(errors), style="red" if r["status"] == "failed" else None)
+    console.print(table)
+
+
+@app.command("show")
+def show(run_id: RunArg, as_json: JsonOpt = False) -> None:
+    """Show a run's results: overall and by slice (mean ± stderr across cases)."""
+    with common.user_errors():
+        run_row, samples = _load(run_id)
+    if as_json:
+        from dataclasses import asdict
+
+        from fmstack.eval.report import run_slices, summarize
+
+        summary = summarize(samples, run_slices(run_row))
+        common.print_json({"run": run_row, "summary": _summary_json(summary, asdict)})
+        return
+    _print_summary(run_row, samples)
+
+
+@app.command("report")
+def report(
+    run_id: RunArg,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", metavar="FILE",
+                                  help="Where to write (default: eval-RUN.html or stdout "
+                                       "for --markdown).")
+    ] = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Markdown tables.")] = False,
+) -> None:
+    """Write a run's report: a self-contained HTML page, or Markdown tables."""
+    with common.user_errors():
+        from fmstack.eval.report import html_report, markdown_report
+
+        run_row, samples = _load(run_id)
+        text = (markdown_report if markdown else html_report)(run_row, samples)
+        if markdown and output is None:
+            typer.echo(text, nl=False)
+            return
+        path = output or Path(f"eval-{run_row['id']}.html")
+        _write_atomic(path, text)
+    common.err().print(f"wrote {path}", markup=False)
+
+
+@app.command("compare")
+def compare(
+    run_a: Annotated[str, typer.Argument(metavar="RUN_A", help="The baseline run.")],
+    run_b: Annotated[str, typer.Argument(metavar="RUN_B", help="The candidate run.")],
+    threshold: Annotated[
+        list[str] | None,
+        typer.Option("--threshold", metavar="METRIC=DELTA",
+                     help="Tolerated regression of a metric in its units (repeatable; "
+                          "*=DELTA for all). Default 0."),
+    ] = None,
+    confidence: Annotated[float, typer.Option("--confidence", help="Interval level.")] = 0.95,
+    resamples: Annotated[int, typer.Option("--resamples", help="Bootstrap draws.")] = 2000,
+    seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Per-metric deltas B - A with paired bootstrap intervals; exit 1 on a regression.
+
+    A metric regresses when its whole interval is worse than -threshold (default 0)."""
+    with common.user_errors():
+        from fmstack.eval.compare import compare_runs, parse_thresholds
+
+        limits = parse_thresholds(threshold or [])
+        a, samples_a = _load(run_a)
+        b, samples_b = _load(run_b)
+        result = compare_runs(a["id"], samples_a, b["id"], samples_b, thresholds=limits,
+                              confidence=confidence, resamples=resamples, seed=seed)
+    if as_json:
+        common.print_json(result.as_dict())
+    else:
+        _print_comparison(result)
+    if result.regressed:
+        common.print_error(f"regression in {', '.join(result.regressed)} "
+                           f"({result.run_b} vs {result.run_a})")
+        raise typer.Exit(1)
+
+
+# ----- helpers --------------------------------------------------------------------------------
+
+
+def _counts(samples: list[dict[str, Any]]) -> tuple[int, int]:
+    return len(samples), sum(1 for s in samples if s.get("status") != "ok")
+
+
+def _local(iso: str | None) -> str:
+    from fmstack.cli.logs import _local_time
+
+    return _local_time(iso) if iso else ""
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    # A reader (a browser, CI's artefact upload) never sees half a page.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _summary_json(summary: Summary, asdict: Any) -> dict[str, Any]:
+    def table(t: Table) -> list[dict[str, Any]]:
+        return [{"model": g[0], "prompt": g[1], "samples": t.samples[g],
+                 "errors": t.errors.get(g, 0),
+                 "metrics": {m: asdict(s) for m, s in t.stats.get(g, {}).items()}}
+                for g in summary.groups if g in t.samples]
+
+    return {"overall": table(summary.overall),
+            "slices": {name: {value: table(t) for value, t in values.items()}
+                       for name, values in summary.slices.items()}}
+
+
+def _print_summary(run_row: dict[str, Any], samples: list[dict[str, Any]]) -> None:
+    from rich.table import Table as RichTable
+
+    from fmstack.eval.report import fmt_stat, run_slices, summarize
+
+    summary = summarize(samples, run_slices(run_row))
+    console = common.out()
+    n, errors = _counts(samples)
+    console.print(f"run {run_row['id']} · {run_row['suite_name']} · {run_row['status']} · "
+                  f"{n} samples · {errors} errors", style="bold", markup=False)
+
+    def table(t: Table, lead: str | None, rows: list[tuple[str, Table]]) -> RichTable:
+        out = RichTable(box=None, pad_edge=False, header_style="bold")
+        if lead:
+            out.add_column(lead)
+        for name in ("model · prompt", "samples", "errors", *summary.metrics):
+            out.add_column(name, justify="left" if name == "model · prompt" else "right")
+        for value, tab in rows:
+            for g in summary.groups:
+                if g not in tab.samples:
+                    continue
+                stats = tab.stats.get(g, {})
+                out.add_row(*([value] if lead else []), f"{g[0]} · {g[1]}",
+                            str(tab.samples[g]), str(tab.errors.get(g, 0)),
+                            *(fmt_stat(stats.get(m)) for m in summary.metrics))
+        return out
+
+    console.print(table(summary.overall, None, [("", summary.overall)]))
+    for name, values in summary.slices.items():
+        console.print(f"\nby {name}", style="bold", markup=False)
+        console.print(table(summary.overall, name, list(values.items())))
+    if errors:
+        console.print(f"\n{errors} errored samples: fmstack eval run SUITE --resume "
+                      f"{run_row['id']} --retry-errors", style="dim", markup=False)
+
+
+def _print_comparison(result: Comparison) -> None:
+    from rich.table import Table as RichTable
+
+    console = common.out()
+    console.print(f"{result.run_b} vs {result.run_a} · {result.pairs} paired samples (by "
+                  f"{result.paired_by}) · {result.confidence:.0%} paired bootstrap, "
+                  f"{result.resamples} resamples", style="bold", markup=False)
+    table = RichTable(box=None, pad_edge=False, header_style="bold")
+    for name in ("metric", "n", "A", "B", "B - A", "interval", "threshold", "verdict"):
+        table.add_column(name, justify="left" if name in ("metric", "verdict") else "right")
+
+    def num(x: float | None, signed: bool = False) -> str:
+        return "–" if x is None else (f"{x:+.4f}" if signed else f"{x:.4f}")
+
+    for m in result.metrics:
+        verdict = ("REGRESSED" if m.regressed else "improved" if m.improved
+                   else "no data" if m.n == 0 else "no clear change")
+        interval = ("–" if m.ci_low is None
+                    else f"[{num(m.ci_low, True)}, {num(m.ci_high, True)}]")
+        table.add_row(m.metric + ("" if m.higher_is_better else " (lower is better)"),
+                      str(m.n), num(m.mean_a), num(m.mean_b), num(m.delta, True), interval,
+                      f"{m.threshold:g}", verdict,
+                      style="red" if m.regressed else "green" if m.improved else None)
+    console.print(table)
+    for label, names in (("only in A", result.only_in_a), ("only in B", result.only_in_b)):
+        if names:
+            console.print(f"{label} (not compared): {', '.join(names)}", style="dim",
+                          markup=False)

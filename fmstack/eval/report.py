@@ -1,0 +1,333 @@
+"""Reports of one eval run: summary tables (overall and by slice), an HTML page, Markdown.
+
+Everything is computed from the run's samples, not from the stored summary, so a run that was
+interrupted (no summary yet) reports what it finished, and the numbers always match the
+drill-down beneath them. Results are grouped by model × prompt: a mean over different models
+answers no question anyone asks.
+
+Statistics per group and metric: ``mean`` over the samples that are ``ok`` and carry the
+score; ``stderr`` is the standard error of that mean *across cases* (with several epochs the
+epochs of one case are averaged first, since they are not independent draws of the dataset);
+``n`` is the number of scored samples.
+
+The HTML page is self-contained (inline CSS, inline SVG bar charts, no scripts, nothing
+fetched) and escapes every piece of text that came from a dataset or a model.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fmstack.eval.compare import field as sample_field
+from fmstack.eval.compare import numeric_scores
+
+Group = tuple[str, str]  # (model, prompt)
+
+
+@dataclass(frozen=True)
+class Stat:
+    mean: float
+    stderr: float | None
+    n: int
+
+
+@dataclass
+class Table:
+    """Rows of groups (model, prompt) with per-metric stats, sample and error counts."""
+
+    stats: dict[Group, dict[str, Stat]] = field(default_factory=dict)
+    samples: dict[Group, int] = field(default_factory=dict)
+    errors: dict[Group, int] = field(default_factory=dict)
+
+
+@dataclass
+class Summary:
+    metrics: list[str]
+    groups: list[Group]
+    overall: Table
+    slices: dict[str, dict[str, Table]]  # field -> value -> table
+
+
+def _stat(per_case: Mapping[str, list[float]]) -> Stat:
+    values = [v for vs in per_case.values() for v in vs]
+    case_means = [sum(vs) / len(vs) for vs in per_case.values()]
+    k = len(case_means)
+    stderr = None
+    if k > 1:
+        m = sum(case_means) / k
+        var = sum((x - m) ** 2 for x in case_means) / (k - 1)
+        stderr = math.sqrt(var / k)
+    return Stat(sum(values) / len(values), stderr, len(values))
+
+
+def _table(samples: Sequence[Mapping[str, Any]]) -> Table:
+    # group -> metric -> case -> values
+    acc: dict[Group, dict[str, dict[str, list[float]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list)))
+    table = Table()
+    for s in samples:
+        g = (str(s.get("model")), str(s.get("prompt")))
+        table.samples[g] = table.samples.get(g, 0) + 1
+        if s.get("status", "ok") != "ok":
+            table.errors[g] = table.errors.get(g, 0) + 1
+        acc[g]  # a group with only errors still gets a row
+        for metric, value in numeric_scores(s).items():
+            acc[g][metric][str(s.get("case_id"))].append(value)
+    table.stats = {g: {m: _stat(cases) for m, cases in ms.items()} for g, ms in acc.items()}
+    return table
+
+
+def _slice_value(sample: Mapping[str, Any], name: str) -> str:
+    meta = sample_field(sample, "metadata")
+    value = meta.get(name) if isinstance(meta, Mapping) else None
+    if value is None:
+        return "(none)"
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def run_slices(run: Mapping[str, Any]) -> list[str]:
+    """The slice fields the suite asked for (its ``slices``), from the run's config."""
+    config = run.get("config")
+    if isinstance(config, str):
+        try:
+            config = json.loads(config)
+        except ValueError:
+            config = None
+    slices = config.get("slices") if isinstance(config, Mapping) else None
+    return [str(s) for s in slices] if isinstance(slices, list) else []
+
+
+def summarize(samples: Sequence[Mapping[str, Any]], slices: Sequence[str] = ()) -> Summary:
+    """Overall and per-slice tables of the samples (see the module docstring)."""
+    metrics = sorted({m for s in samples for m in numeric_scores(s)})
+    groups = sorted({(str(s.get("model")), str(s.get("prompt"))) for s in samples})
+    by_slice: dict[str, dict[str, Table]] = {}
+    for name in slices:
+        buckets: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+        for s in samples:
+            buckets[_slice_value(s, name)].append(s)
+        by_slice[name] = {value: _table(buckets[value]) for value in sorted(buckets)}
+    return Summary(metrics, groups, _table(samples), by_slice)
+
+
+def fmt_stat(stat: Stat | None) -> str:
+    if stat is None:
+        return "–"
+    if stat.stderr is None:
+        return f"{stat.mean:.3f}"
+    return f"{stat.mean:.3f} ± {stat.stderr:.3f}"
+
+
+def group_label(g: Group, groups: Sequence[Group]) -> str:
+    """``model · prompt``, or just the part that varies when the other is the same throughout."""
+    models = {m for m, _ in groups}
+    prompts = {p for _, p in groups}
+    if len(prompts) == 1 and len(models) > 1:
+        return g[0]
+    if len(models) == 1 and len(prompts) > 1:
+        return g[1]
+    return f"{g[0]} · {g[1]}"
+
+
+# ----- Markdown -------------------------------------------------------------------------------
+
+
+def _md_cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _md_table(table: Table, summary: Summary, lead: list[str] | None = None) -> list[str]:
+    head = [*(lead or []), "model · prompt", "samples", "errors", *summary.metrics]
+    lines = ["| " + " | ".join(_md_cell(h) for h in head) + " |",
+             "|" + "|".join("---" for _ in head) + "|"]
+    for g in summary.groups:
+        if g not in table.samples:
+            continue
+        stats = table.stats.get(g, {})
+        cells = [*(lead or []), f"{g[0]} · {g[1]}", str(table.samples[g]),
+                 str(table.errors.get(g, 0)), *(fmt_stat(stats.get(m)) for m in summary.metrics)]
+        lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
+    return lines
+
+
+def markdown_report(run: Mapping[str, Any], samples: Sequence[Mapping[str, Any]]) -> str:
+    """The summary tables of a run as GitHub-flavoured Markdown (mean ± stderr)."""
+    summary = summarize(samples, run_slices(run))
+    lines = [f"# Eval run {run.get('id')}: {_md_cell(str(run.get('suite_name') or ''))}", "",
+             f"status **{run.get('status')}** · {len(samples)} samples · "
+             f"created {run.get('created_at')}", "", "## Overall", ""]
+    lines += _md_table(summary.overall, summary)
+    for name, values in summary.slices.items():
+        lines += ["", f"## By {_md_cell(name)}", ""]
+        head: list[str] = []
+        for i, (value, table) in enumerate(values.items()):
+            rows = _md_table(table, summary, lead=[value])
+            rows[0] = rows[0].replace("| " + value + " |", "| " + _md_cell(name) + " |", 1)
+            head = rows[:2] if i == 0 else head
+            lines += (head if i == 0 else []) + rows[2:]
+    return "\n".join(lines) + "\n"
+
+
+# ----- HTML -----------------------------------------------------------------------------------
+
+_CSS = """
+body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:72em;color:#222;padding:0 1em}
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em}
+table{border-collapse:collapse;margin:.5em 0}
+th,td{border-bottom:1px solid #ddd;padding:.3em .7em;text-align:left;vertical-align:top}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+.charts{display:flex;flex-wrap:wrap;gap:1.5em}
+.chart h3{font-size:1em;margin:.5em 0}
+details{border:1px solid #ddd;border-radius:4px;margin:.3em 0;padding:.3em .6em}
+details.error{border-color:#d33}
+summary{cursor:pointer}
+pre{white-space:pre-wrap;word-break:break-word;background:#f6f6f6;padding:.5em;margin:.2em 0}
+.meta{color:#666}.err{color:#b00}
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _html_table(
+    table: Table, summary: Summary, lead: str | None = None
+) -> tuple[str, list[str]]:
+    """The header row and the body rows (a leading column header when ``lead`` is given)."""
+    head = ([lead] if lead else []) + ["model · prompt", "samples", "errors", *summary.metrics]
+    rows = ["<tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
+    for g in summary.groups:
+        if g not in table.samples:
+            continue
+        stats = table.stats.get(g, {})
+        cells = [f"<td>{_e(g[0])} · {_e(g[1])}</td>",
+                 f"<td class=num>{table.samples[g]}</td>",
+                 f"<td class=num>{table.errors.get(g, 0)}</td>"]
+        cells += [f"<td class=num>{_e(fmt_stat(stats.get(m)))}</td>" for m in summary.metrics]
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return rows[0], rows[1:]
+
+
+def _table_html(table: Table, summary: Summary) -> str:
+    head, body = _html_table(table, summary)
+    return "<table>" + head + "".join(body) + "</table>"
+
+
+def _slice_html(name: str, values: Mapping[str, Table], summary: Summary) -> str:
+    out = []
+    head = ""
+    for value, table in values.items():
+        h, body = _html_table(table, summary, lead=name)
+        head = h
+        cell = f"<td rowspan={len(body)}>{_e(value)}</td>"
+        out += [body[0].replace("<tr>", "<tr>" + cell, 1), *body[1:]] if body else []
+    return "<table>" + head + "".join(out) + "</table>"
+
+
+def _bar_chart(metric: str, summary: Summary) -> str:
+    """Horizontal bars, one per group, with a ± stderr whisker; scaled to the metric's range
+    when it is bounded, else to the largest bar."""
+    from fmstack.eval.metrics import METRICS
+
+    stats = [(g, summary.overall.stats.get(g, {}).get(metric)) for g in summary.groups]
+    present = [(g, s) for g, s in stats if s is not None]
+    spec = METRICS.get(metric)
+    top = max((s.mean + (s.stderr or 0) for _, s in present), default=1.0)
+    if spec is not None and math.isfinite(spec.high) and spec.low == 0 and spec.high >= top:
+        top = spec.high
+    top = top if top > 0 else 1.0
+    label_w, bar_w, row_h = 180, 300, 24
+    height = row_h * len(present) + 8
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + bar_w + 110}" '
+             f'height="{height}" role="img" aria-label="{_e(metric)}">']
+    for i, (g, s) in enumerate(present):
+        y = 4 + i * row_h
+        w = max(0.0, s.mean) / top * bar_w
+        label = group_label(g, summary.groups)
+        parts.append(f'<text x="{label_w - 6}" y="{y + 15}" text-anchor="end" font-size="12">'
+                     f"{_e(label[:28])}</text>")
+        parts.append(f'<rect x="{label_w}" y="{y + 3}" width="{w:.1f}" height="{row_h - 8}" '
+                     f'fill="#4a7bd0"><title>{_e(label)}: {_e(fmt_stat(s))}</title></rect>')
+        if s.stderr:
+            lo = max(0.0, s.mean - s.stderr) / top * bar_w + label_w
+            hi = min(top, s.mean + s.stderr) / top * bar_w + label_w
+            parts.append(f'<line x1="{lo:.1f}" x2="{hi:.1f}" y1="{y + row_h / 2:.1f}" '
+                         f'y2="{y + row_h / 2:.1f}" stroke="#222" stroke-width="1.5"/>')
+        parts.append(f'<text x="{label_w + bar_w + 8}" y="{y + 15}" font-size="12">'
+                     f"{_e(fmt_stat(s))}</text>")
+    parts.append("</svg>")
+    return f'<div class=chart><h3>{_e(metric)}</h3>{"".join(parts)}</div>'
+
+
+def _pre(value: Any) -> str:
+    if value is None:
+        return '<span class=meta>none</span>'
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, indent=2)
+    return f"<pre>{_e(text)}</pre>"
+
+
+def _sample_html(s: Mapping[str, Any]) -> str:
+    status = str(s.get("status", "ok"))
+    scores = numeric_scores(s)
+    score_text = ", ".join(f"{k} {v:.3f}" for k, v in sorted(scores.items()))
+    title = (f"<b>{_e(s.get('case_id'))}</b> · {_e(s.get('model'))} · {_e(s.get('prompt'))} · "
+             f"epoch {_e(s.get('epoch'))} · "
+             + (f"<span class=err>{_e(status)}</span>" if status != "ok" else _e(score_text)))
+    rows = [("input", _pre(sample_field(s, "input"))),
+            ("expected", _pre(sample_field(s, "expected"))),
+            ("output", _pre(s.get("output"))),
+            ("scores", _pre(sample_field(s, "scores")))]
+    if s.get("error"):
+        rows.append(("error", f"<pre class=err>{_e(s.get('error'))}</pre>"))
+    meta = sample_field(s, "metadata")
+    if meta:
+        rows.append(("metadata", _pre(meta)))
+    facts = []
+    if s.get("trace_id") is not None:
+        facts.append(f"trace {_e(s.get('trace_id'))} (fmstack logs show {_e(s.get('trace_id'))})")
+    if s.get("latency_s") is not None:
+        facts.append(f"latency {float(s['latency_s']):.3f} s")
+    if s.get("cost"):
+        facts.append(f"cost ${float(s['cost']):.6f}")
+    if facts:
+        rows.append(("call", f"<span class=meta>{' · '.join(facts)}</span>"))
+    body = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
+    cls = ' class="error"' if status != "ok" else ""
+    return f"<details{cls}><summary>{title}</summary><table>{body}</table></details>"
+
+
+def html_report(run: Mapping[str, Any], samples: Sequence[Mapping[str, Any]]) -> str:
+    """One self-contained HTML page for the run (see the module docstring)."""
+    summary = summarize(samples, run_slices(run))
+    name = str(run.get("suite_name") or "")
+    errors = sum(summary.overall.errors.values())
+    parts = [
+        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
+        f"<title>{_e(name)} · eval run {_e(run.get('id'))}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{_e(name)} <span class=meta>run {_e(run.get('id'))}</span></h1>",
+        f"<p class=meta>status {_e(run.get('status'))} · {len(samples)} samples · "
+        f"{errors} errors · created {_e(run.get('created_at'))}"
+        + (f" · finished {_e(run.get('finished_at'))}" if run.get("finished_at") else "")
+        + (f" · suite {_e(run.get('suite_path'))}" if run.get("suite_path") else "") + "</p>",
+        "<h2>Overall</h2>", _table_html(summary.overall, summary),
+        "<p class=meta>mean ± standard error across cases</p>",
+    ]
+    if summary.metrics:
+        parts.append("<div class=charts>"
+                     + "".join(_bar_chart(m, summary) for m in summary.metrics) + "</div>")
+    for slice_name, values in summary.slices.items():
+        parts += [f"<h2>By {_e(slice_name)}</h2>", _slice_html(slice_name, values, summary)]
+    ordered = sorted(samples, key=lambda s: (s.get("status", "ok") == "ok", str(s.get("model")),
+                                             str(s.get("prompt")), str(s.get("case_id")),
+                                             int(s.get("epoch") or 0)))
+    parts.append(f"<h2>Samples ({len(samples)}, errors first)</h2>")
+    parts += [_sample_html(s) for s in ordered]
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
