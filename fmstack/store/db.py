@@ -50,6 +50,47 @@ MIGRATIONS: list[str] = [
         UNIQUE(name, version)
     );
     """,
+    # 3: eval runs, their samples (one row per case x model x prompt x epoch) and the cache
+    # of completions that makes a re-run of an unchanged suite free.
+    """
+    CREATE TABLE eval_runs (
+        id TEXT PRIMARY KEY,
+        suite_name TEXT NOT NULL,
+        suite_path TEXT,
+        suite_hash TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        finished_at TEXT,
+        status TEXT NOT NULL,
+        config TEXT NOT NULL,
+        summary TEXT
+    );
+    CREATE INDEX eval_runs_created ON eval_runs(created_at);
+    CREATE TABLE eval_samples (
+        run_id TEXT NOT NULL REFERENCES eval_runs(id) ON DELETE CASCADE,
+        sample_key TEXT NOT NULL,
+        case_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        prompt TEXT NOT NULL,
+        epoch INTEGER NOT NULL,
+        input TEXT,
+        expected TEXT,
+        output TEXT,
+        scores TEXT,
+        metadata TEXT,
+        status TEXT NOT NULL,
+        error TEXT,
+        trace_id INTEGER,
+        latency_s REAL,
+        cost REAL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (run_id, sample_key)
+    );
+    CREATE TABLE eval_cache (
+        key TEXT PRIMARY KEY,
+        completion TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    """,
 ]
 
 

@@ -1,0 +1,437 @@
+"""Run a suite: every case x model x prompt x epoch, scored, stored one sample at a time.
+
+``run_suite(suite)`` is the whole runner. What it guarantees:
+
+* **Bounded concurrency**: ``suite.concurrency`` worker threads. Local backends hold a lock
+  around decoding, so more workers mostly help remote APIs; results do not depend on it.
+* **Cache**: each completion is stored under sha256(model, params incl. seed, request, epoch)
+  in ``eval_cache``; a hit makes no model call (so nothing is traced for it) and an unchanged
+  suite re-runs for free. Only successful completions are cached.
+* **Resume**: ``run_id=`` continues that run. Samples stored ``ok`` are skipped, never-run
+  samples run, and errored ones are redone only with ``retry_errors=True``. Every sample is one
+  transaction, so an interrupt (Ctrl-C, or ``KeyboardInterrupt`` from ``on_sample``) loses
+  nothing finished: the samples in flight are allowed to finish and are stored, the run is
+  marked ``interrupted`` and ``RunInterrupted`` (a KeyboardInterrupt carrying the run id) is
+  raised.
+* **Determinism**: a sampled call gets ``seed = suite.seed + epoch`` (unless the params set a
+  seed); greedy calls (temperature 0) are left unseeded, they need none.
+* **Errors**: a model or metric error marks that sample ``error`` with the message; the run
+  goes on. Models load lazily, once each, with tracing on, when a sample first needs a call.
+
+Scoring: per-sample metrics get ``(prediction, reference)``, ``(prediction,)`` or
+``(completion,)`` as the registry says; a metric that takes a ``model`` option gets the model
+under test unless the suite gives one. Corpus metrics (corpus BLEU, ...) are computed over
+the samples in the summary only. The summary holds, per metric, the mean and the standard error
+*across cases* (epochs of one case are averaged first, since they are not independent draws of
+the dataset), overall, per (model, prompt) group and per slice value.
+
+Only single-turn cases are implemented. Conversations (per-turn scores and a per-task score)
+would add a ``turns`` list to a case and score each assistant turn as its own component.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import math
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fmstack.errors import ConfigError, FmstackError
+from fmstack.eval.suite import (
+    Case,
+    ModelConfig,
+    ResolvedMetric,
+    ResolvedSuite,
+    Suite,
+    SuitePrompt,
+    load_suite,
+)
+from fmstack.models.types import Completion, Request
+from fmstack.store.evals import EvalStore
+
+if TYPE_CHECKING:
+    from fmstack.models.base import Model
+
+
+class MetricError(FmstackError):
+    """A metric could not score a sample (the sample is marked error, the run goes on)."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """The run was interrupted; its finished samples are stored. Resume with ``run_id``."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"eval run {run_id} interrupted; resume it with run_id={run_id!r}")
+        self.run_id = run_id
+
+
+@dataclass
+class RunResult:
+    """What a run did. ``str(result)`` is the run id."""
+
+    run_id: str
+    status: str
+    summary: dict[str, Any]
+    samples: list[dict[str, Any]]
+    model_calls: int = 0  # completions obtained from a model in this invocation
+    cache_hits: int = 0
+    skipped: int = 0  # already stored by an earlier invocation of this run
+    errors: int = 0  # samples that errored in this invocation
+
+    def __str__(self) -> str:
+        return self.run_id
+
+
+@dataclass
+class _Task:
+    key: str
+    case: Case
+    model: ModelConfig
+    prompt: SuitePrompt
+    epoch: int
+
+
+@dataclass
+class _Outcome:
+    sample: dict[str, Any]
+    source: str  # "model" | "cache" | "none" (failed before a completion existed)
+
+
+@dataclass
+class _Models:
+    """Each model loaded once, on first need, shared by the workers."""
+
+    loaded: dict[str, Model] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def get(self, config: ModelConfig) -> Model:
+        with self.lock:
+            if config.uri not in self.loaded:
+                from fmstack.models.registry import load_model
+
+                self.loaded[config.uri] = load_model(config.uri, trace=True, **config.options)
+            return self.loaded[config.uri]
+
+    def close(self) -> None:
+        for model in self.loaded.values():
+            model.close()
+
+
+def run_suite(
+    suite: Suite | ResolvedSuite | str | Path,
+    *,
+    run_id: str | None = None,
+    resume: str | None = None,
+    retry_errors: bool = False,
+    progress: bool = True,
+    on_sample: Callable[[dict[str, Any]], None] | None = None,
+) -> RunResult:
+    """Run (or with ``run_id``/``resume``, its alias, continue) a suite; see the module doc.
+    ``on_sample`` is called in the calling thread after each sample is stored."""
+    if run_id is not None and resume is not None and run_id != resume:
+        raise ConfigError(f"run_id={run_id!r} and resume={resume!r} name different runs")
+    run_id = run_id or resume
+    if retry_errors and run_id is None:
+        raise ConfigError("retry_errors needs a run to resume (run_id=...)")
+    if isinstance(suite, (str, Path)):
+        suite = load_suite(suite)
+    resolved = suite.resolve() if isinstance(suite, Suite) else suite
+
+    store = EvalStore()
+    try:
+        return _run(resolved, store, run_id, retry_errors, progress, on_sample)
+    finally:
+        store.close()
+
+
+def _run(
+    rs: ResolvedSuite, store: EvalStore, run_id: str | None, retry_errors: bool,
+    progress: bool, on_sample: Callable[[dict[str, Any]], None] | None,
+) -> RunResult:
+    suite_path = str(rs.suite.path) if rs.suite.path is not None else None
+    done: dict[str, str] = {}
+    if run_id is not None:
+        run = store.get_run(run_id)
+        run_id = str(run["id"])
+        if run["suite_hash"] != rs.hash:
+            raise ConfigError(f"run {run_id} was made from a different version of suite "
+                              f"{run['suite_name']!r} (start a new run instead)")
+        done = {s["sample_key"]: s["status"] for s in store.samples(run_id)}
+        store.set_status(run_id, "running")
+    else:
+        run_id = store.create_run(suite_name=rs.suite.name, suite_path=suite_path,
+                                  suite_hash=rs.hash, config=rs.config)
+
+    tasks = [t for t in _tasks(rs)
+             if t.key not in done or (done[t.key] == "error" and retry_errors)]
+    result = RunResult(run_id=run_id, status="running", summary={}, samples=[],
+                       skipped=len(_tasks(rs)) - len(tasks))
+    models = _Models()
+    bar = _Bar(len(tasks), rs.suite.name, progress)
+    pool = ThreadPoolExecutor(max_workers=rs.suite.concurrency, thread_name_prefix="fmstack-eval")
+    futures: set[Future[_Outcome]] = set()
+    try:
+        futures = {pool.submit(_run_task, rs, t, models, store) for t in tasks}
+        pending = set(futures)
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                _record(fut.result(), run_id, store, result, bar)
+                if on_sample is not None:
+                    on_sample(result.samples[-1])
+    except KeyboardInterrupt:
+        # Let samples already being computed finish and keep them: their model calls are
+        # paid for (and traced), and a resume must not repeat them.
+        pool.shutdown(wait=True, cancel_futures=True)
+        stored = {s["sample_key"] for s in result.samples}
+        for fut in futures:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                outcome = fut.result()
+                if outcome.sample["sample_key"] not in stored:
+                    _record(outcome, run_id, store, result, bar)
+        bar.close()
+        models.close()
+        store.finish_run(run_id, "interrupted", None)
+        raise RunInterrupted(run_id) from None
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+        models.close()
+        store.finish_run(run_id, "failed", None)
+        raise
+    pool.shutdown(wait=True)
+    bar.close()
+    models.close()
+    result.summary = summarize(store.samples(run_id), rs)
+    result.status = "finished"
+    store.finish_run(run_id, "finished", result.summary)
+    return result
+
+
+def _record(outcome: _Outcome, run_id: str, store: EvalStore, result: RunResult,
+            bar: _Bar) -> None:
+    store.add_sample(run_id, outcome.sample)
+    result.samples.append(outcome.sample)
+    result.model_calls += outcome.source == "model"
+    result.cache_hits += outcome.source == "cache"
+    result.errors += outcome.sample["status"] == "error"
+    bar.advance()
+
+
+def _tasks(rs: ResolvedSuite) -> list[_Task]:
+    return [
+        _Task(f"{case.id}|{model.uri}|{prompt.name}|{epoch}", case, model, prompt, epoch)
+        for model in rs.models for prompt in rs.prompts for case in rs.cases
+        for epoch in range(rs.suite.epochs)
+    ]
+
+
+# ----- one sample ---------------------------------------------------------------------------
+
+
+def _run_task(rs: ResolvedSuite, task: _Task, models: _Models, store: EvalStore) -> _Outcome:
+    sample: dict[str, Any] = {
+        "sample_key": task.key, "case_id": str(task.case.id), "model": task.model.uri,
+        "prompt": task.prompt.name, "epoch": task.epoch, "expected": task.case.expected,
+        "metadata": task.case.metadata, "status": "ok", "error": None, "scores": {},
+    }
+    source = "none"
+    try:
+        request = _request(rs, task)
+        sample["input"] = {
+            "messages": [m.model_dump() for m in request.messages or []],
+            "params": request.params.model_dump(mode="json", exclude_defaults=True),
+        }
+        key = cache_key(task.model.uri, request, task.epoch)
+        cached = store.cache_get(key)
+        if cached is not None:
+            completion, source = Completion.model_validate(cached), "cache"
+        else:
+            completion = models.get(task.model).complete(request)
+            source = "model"
+            store.cache_put(key, completion.model_dump(mode="json"))
+        sample.update(output=completion.text, trace_id=completion.trace_id,
+                      latency_s=completion.timings.total, cost=completion.cost)
+        sample["scores"] = _score(rs.metrics, task, completion, models)
+    except Exception as e:
+        sample.update(status="error", error=f"{type(e).__name__}: {e}")
+    return _Outcome(sample, source)
+
+
+def _request(rs: ResolvedSuite, task: _Task) -> Request:
+    request = task.prompt.request(task.case.vars, **rs.params)
+    params = request.params
+    if not params.greedy and "seed" not in rs.params:
+        request.params = params.model_copy(update={"seed": rs.suite.seed + task.epoch})
+    return request
+
+
+def cache_key(model: str, request: Request, epoch: int) -> str:
+    """The eval-cache key: model, params (seed included), the rendered request, the epoch."""
+    payload = {
+        "model": model,
+        "params": request.params.model_dump(mode="json"),
+        "messages": [m.model_dump() for m in request.messages] if request.messages else None,
+        "prompt": request.prompt,
+        "epoch": epoch,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _score(metrics: list[ResolvedMetric], task: _Task, completion: Completion,
+           models: _Models) -> dict[str, float]:
+    scores: dict[str, float] = {}
+    for m in metrics:
+        if m.spec.level == "corpus":
+            continue
+        try:
+            scores[m.key] = float(m.spec.fn(*_args(m, task, completion), **_options(m, task,
+                                                                                   models)))
+        except Exception as e:
+            raise MetricError(f"metric {m.key}: {e}") from e
+    return scores
+
+
+def _args(m: ResolvedMetric, task: _Task, completion: Completion) -> list[Any]:
+    args: list[Any] = []
+    for name in m.spec.inputs:
+        if name == "completion":
+            args.append(completion)
+        elif name == "prediction":
+            args.append(component(completion, m.config.field))
+        elif name == "reference":
+            if task.case.expected is None:
+                raise ConfigError(f"case {task.case.id} has no 'expected' value to compare with")
+            args.append(task.case.expected)
+    return args
+
+
+def _options(m: ResolvedMetric, task: _Task, models: _Models) -> dict[str, Any]:
+    options = m.config.options
+    if "model" in inspect.signature(m.spec.fn).parameters and "model" not in options:
+        options["model"] = models.get(task.model)
+    return options
+
+
+def component(completion: Completion, name: str) -> str:
+    """The part of an output a metric scores: ``final`` (the text) or a top-level key of the
+    parsed JSON output (non-string values as JSON text)."""
+    if name == "final":
+        return completion.text
+    parsed = completion.parsed
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"field {name!r} needs a JSON object output (a prompt with an "
+                          "output_schema); this output has none")
+    if name not in parsed:
+        raise ConfigError(f"field {name!r} is not in the output (has: {', '.join(parsed)})")
+    value = parsed[name]
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+# ----- summary ------------------------------------------------------------------------------
+
+
+def _stat(values: list[float]) -> dict[str, Any]:
+    n = len(values)
+    mean = sum(values) / n
+    stderr = None
+    if n > 1:
+        stderr = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
+    return {"mean": mean, "stderr": stderr, "n": n}
+
+
+def _stats(samples: Iterable[dict[str, Any]], rs: ResolvedSuite) -> dict[str, Any]:
+    ok = [s for s in samples if s["status"] == "ok"]
+    out: dict[str, Any] = {}
+    for m in rs.metrics:
+        if m.spec.level == "corpus":
+            if not ok:
+                continue
+            try:
+                args: list[Any] = [[s["output"] or "" for s in ok]]
+                if "references" in m.spec.inputs:
+                    args.append([s["expected"] for s in ok])
+                value = float(m.spec.fn(*args, **m.config.options))
+            except Exception as e:
+                out[m.key] = {"mean": None, "stderr": None, "n": len(ok), "error": str(e)}
+                continue
+            out[m.key] = {"mean": value, "stderr": None, "n": len(ok)}
+        else:
+            per_case: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+            for s in ok:
+                if m.key in (s["scores"] or {}):
+                    per_case[(s["case_id"], s["model"], s["prompt"])].append(s["scores"][m.key])
+            if not per_case:
+                continue
+            out[m.key] = _stat([sum(v) / len(v) for v in per_case.values()])
+        if m.config.threshold is not None and out[m.key]["mean"] is not None:
+            mean, limit = out[m.key]["mean"], m.config.threshold
+            out[m.key]["threshold"] = limit
+            out[m.key]["passed"] = mean >= limit if m.spec.higher_is_better else mean <= limit
+    return out
+
+
+def summarize(samples: list[dict[str, Any]], rs: ResolvedSuite) -> dict[str, Any]:
+    """``{metric: {mean, stderr, n[, threshold, passed]}}`` over all samples, plus ``groups``
+    (per ``model|prompt``) and ``slices`` (``{field: {value: {metric: stats}}}``). Samples
+    whose metadata lacks a slice field are left out of that slice."""
+    summary = _stats(samples, rs)
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for s in samples:
+        groups[f"{s['model']}|{s['prompt']}"].append(s)
+    summary["groups"] = {g: _stats(ss, rs) for g, ss in groups.items()}
+    slices: dict[str, dict[str, Any]] = {}
+    for name in rs.suite.slices:
+        values: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for s in samples:
+            meta = s.get("metadata") or {}
+            if name in meta:
+                values[str(meta[name])].append(s)
+        slices[name] = {v: _stats(ss, rs) for v, ss in sorted(values.items())}
+    summary["slices"] = slices
+    return summary
+
+
+# ----- progress -----------------------------------------------------------------------------
+
+
+class _Bar:
+    """A rich progress bar with an ETA (or nothing)."""
+
+    def __init__(self, total: int, name: str, enabled: bool) -> None:
+        self._progress: Any = None
+        self._task: Any = None
+        self._started = time.perf_counter()
+        if enabled and total:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(f"eval {name}", total=total)
+
+    def advance(self) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
