@@ -121,7 +121,8 @@ class Model:
         and adds BOS where the model uses one (what the backend does to a rendered prompt)."""
         raise CapabilityError(f"backend {self.backend} cannot tokenize")
 
-    def detokenize(self, ids: Sequence[int]) -> str:
+    def detokenize(self, ids: Sequence[int], *, special: bool = False) -> str:
+        """The text of ``ids``; ``special=True`` also writes control tokens (``<|im_end|>``)."""
         raise CapabilityError(f"backend {self.backend} cannot detokenize")
 
     def render_chat(self, messages: Sequence[Message]) -> str:
