@@ -80,7 +80,7 @@ class RunResult:
     run_id: str
     status: str
     summary: dict[str, Any]
-    samples: list[dict[str, Any]]
+    samples: list[dict[str, Any]]  # written by this invocation (the store has them all)
     model_calls: int = 0  # completions obtained from a model in this invocation
     cache_hits: int = 0
     skipped: int = 0  # already stored by an earlier invocation of this run
@@ -179,7 +179,7 @@ def _run(
     pool = ThreadPoolExecutor(max_workers=rs.suite.concurrency, thread_name_prefix="fmstack-eval")
     futures: set[Future[_Outcome]] = set()
     try:
-        futures = {pool.submit(_run_task, rs, t, models, store) for t in tasks}
+        futures = {pool.submit(_run_task, rs, t, models, store, run_id) for t in tasks}
         pending = set(futures)
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -237,7 +237,9 @@ def _tasks(rs: ResolvedSuite) -> list[_Task]:
 # ----- one sample ---------------------------------------------------------------------------
 
 
-def _run_task(rs: ResolvedSuite, task: _Task, models: _Models, store: EvalStore) -> _Outcome:
+def _run_task(
+    rs: ResolvedSuite, task: _Task, models: _Models, store: EvalStore, run_id: str
+) -> _Outcome:
     sample: dict[str, Any] = {
         "sample_key": task.key, "case_id": str(task.case.id), "model": task.model.uri,
         "prompt": task.prompt.name, "epoch": task.epoch, "expected": task.case.expected,
@@ -246,6 +248,8 @@ def _run_task(rs: ResolvedSuite, task: _Task, models: _Models, store: EvalStore)
     source = "none"
     try:
         request = _request(rs, task)
+        # Tags reach the trace (not the cache key): a trace names the run and sample it served.
+        request.tags.update(eval_run=run_id, eval_sample=task.key)
         sample["input"] = {
             "messages": [m.model_dump() for m in request.messages or []],
             "params": request.params.model_dump(mode="json", exclude_defaults=True),

@@ -35,6 +35,7 @@ needs. Each is a ConfigError naming the file and the line (YAML) or the dataset 
 from __future__ import annotations
 
 import csv
+import difflib
 import hashlib
 import inspect
 import json
@@ -230,10 +231,15 @@ def load_suite(path: str | Path) -> Suite:
     try:
         suite = Suite.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
+        # A typo'd key also makes the real key "missing": the unknown key is the real news.
+        errors = sorted(e.errors(), key=lambda x: x["type"] != "extra_forbidden")
+        err = errors[0]
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
         where = _where(str(path), lines, loc)
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(loc[-1]), _KNOWN_KEYS.get(len(loc), []), 1)
+            msg = "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
         at = ".".join(str(p) for p in loc)
         raise ConfigError(f"{where} {at + ': ' if at else ''}"
                           f"{str(msg).removeprefix('Value error, ')}") from None
@@ -264,6 +270,9 @@ def _where(file: str, lines: dict[tuple[str | int, ...], int],
         if loc[:n] in lines:
             return f"{file}:{lines[loc[:n]]}:"
     return f"{file}:"
+
+
+_KNOWN_KEYS = {1: [k for k in Suite.model_fields if k not in ("base_dir", "path")]}
 
 
 # ----- resolving ----------------------------------------------------------------------------
