@@ -148,7 +148,9 @@ def test_errored_samples_are_retried_only_with_retry_errors() -> None:
         run_suite(suite(cases=capital_cases(1)), run_id=first.run_id, progress=False)
 
 
-def test_epochs_get_seeds_and_json_fields_are_scored(tmp_path: Path) -> None:
+def test_epochs_get_seeds_and_json_fields_are_scored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "city.prompt").write_text(
         "---\ninputs:\n  country: {type: string}\n"
         "output_schema:\n  type: object\n  properties: {city: {type: string, maxLength: 20}}\n"
@@ -167,6 +169,13 @@ def test_epochs_get_seeds_and_json_fields_are_scored(tmp_path: Path) -> None:
                                                           == x["expected"].lower())
         assert x["scores"]["json_valid"] == 1.0
     assert result.summary["exact_match[city]"]["n"] == 2  # epochs are averaged per case
+
+    # Seeded sampling reproduces the outputs with an empty cache (a fresh database).
+    monkeypatch.setenv("FMSTACK_DB", str(tmp_path / "fresh.db"))
+    again = run_suite(s, progress=False)
+    assert again.model_calls == 4
+    assert ({x["sample_key"]: x["output"] for x in again.samples}
+            == {x["sample_key"]: x["output"] for x in result.samples})
 
 
 def test_example_suite_loads(tmp_path: Path) -> None:
@@ -203,6 +212,7 @@ metrics:
         ("metrics:", "metrcs:", 6, ["metrcs", "unknown key (did you mean 'metrics'?)"]),
         ("dataset: data.jsonl", "dataset: data.jsonl\nepochs: 0", 6,
          ["epochs", "greater than or equal to 1"]),
+        ("models: [smollm2]", "models: [smollm3]", 2, ["unknown model 'smollm3'"]),
         ("data.jsonl", "nope.jsonl", 5, ["nope.jsonl", "does not exist"]),
         ("  - exact_match", "  - exact_matsh", 7, ["unknown metric 'exact_matsh'"]),
         ("  - exact_match", "  - {name: contains, ignorecase: true}", 7,

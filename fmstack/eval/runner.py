@@ -386,7 +386,8 @@ def _stats(samples: Iterable[dict[str, Any]], rs: ResolvedSuite) -> dict[str, An
 def summarize(samples: list[dict[str, Any]], rs: ResolvedSuite) -> dict[str, Any]:
     """``{metric: {mean, stderr, n[, threshold, passed]}}`` over all samples, plus ``groups``
     (per ``model|prompt``) and ``slices`` (``{field: {value: {metric: stats}}}``). Samples
-    whose metadata lacks a slice field are left out of that slice."""
+    whose metadata lacks a slice field are left out of that slice. ``stderr`` is None for a
+    single case; errored samples are not scored (the report counts them)."""
     summary = _stats(samples, rs)
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for s in samples:

@@ -293,6 +293,8 @@ def _resolve(suite: Suite, lines: dict[tuple[str | int, ...], int]) -> ResolvedS
         raise ConfigError(f"{at('params', *err['loc'])} params.{loc}: {err['msg']}") from None
 
     models = [m if isinstance(m, ModelConfig) else ModelConfig(uri=m) for m in suite.models]
+    for i, m in enumerate(models):
+        _check_model(m.uri, at("models", i))
     prompts = [_prompt(p, base, at("prompts", i)) for i, p in enumerate(suite.prompts)]
     _unique([p.name for p in prompts], "prompt", at("prompts"))
     _unique([m.uri for m in models], "model", at("models"))
@@ -317,6 +319,20 @@ def _resolve(suite: Suite, lines: dict[tuple[str | int, ...], int]) -> ResolvedS
     return ResolvedSuite(suite=suite, models=models, prompts=prompts, cases=cases,
                          metrics=metrics, params=dict(suite.params), config=config,
                          hash=digest[:16])
+
+
+def _check_model(uri: str, where: str) -> None:
+    """An unknown model fails at load, not on every sample; nothing is loaded or assembled
+    here (resolving some aliases writes their weights out)."""
+    from fmstack.models.registry import BUILTIN_ALIASES, backends, user_aliases
+
+    backend, sep, target = uri.partition(":")
+    if uri in BUILTIN_ALIASES or uri in user_aliases() or (sep and target
+                                                            and backend in backends()):
+        return
+    names = ", ".join(sorted({*BUILTIN_ALIASES, *user_aliases()}))
+    raise ConfigError(f"{where} unknown model {uri!r}: use an alias ({names}) or a URI "
+                      f"backend:target with backend one of {', '.join(sorted(backends()))}")
 
 
 def _unique(names: list[str], what: str, where: str) -> None:
