@@ -8,6 +8,7 @@ computation with the same seed and, independently, against scipy's paired bootst
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from typer.testing import CliRunner, Result
 from fmstack.cli import app
 from fmstack.errors import ConfigError
 from fmstack.eval.compare import compare_runs, parse_thresholds
-from fmstack.eval.report import html_report, markdown_report, summarize
+from fmstack.eval.report import fmt_stat, html_report, markdown_report, summarize, summarize_run
+from fmstack.store import TraceStore
 from fmstack.store.evals import EvalStore
 
 SCRIPT = "<script>alert('x')</script>"
@@ -35,17 +37,19 @@ def invoke(*args: str) -> Result:
 
 def make_run(
     store: EvalStore,
-    exact: list[float | None],
+    exact: Sequence[float | None],
     *,
-    latency: list[float] | None = None,
+    latency: Sequence[float] | None = None,
     model: str = "smollm2",
     prompt: str = "plain",
     epochs: int = 1,
     script_output: bool = False,
+    metrics: list[dict[str, Any]] | None = None,
 ) -> str:
-    """A run with one sample per case (x epochs); ``None`` in ``exact`` makes an error sample."""
-    run_id = store.create_run(suite_name="capitals", suite_path="capitals.yaml",
-                              suite_hash="h", config={"slices": ["continent"]})
+    """A run with one sample per case (x epochs); ``None`` in ``exact`` makes an error sample.
+    ``metrics`` are the suite's metric entries stored in the run's config (thresholds)."""
+    run_id = store.create_run(suite_name="capitals", suite_path="capitals.yaml", suite_hash="h",
+                              config={"slices": ["continent"], "metrics": metrics or []})
     for epoch in range(epochs):
         for i, score in enumerate(exact):
             sample: dict[str, Any] = {
@@ -97,7 +101,8 @@ def test_bootstrap_interval_equals_numpy_reference_and_agrees_with_scipy() -> No
     b = np.clip(a + gen.choice([-1.0, 0.0, 0.0, 1.0], 80), 0, 1)
     result = compare_runs("A", _samples(list(a)), "B", _samples(list(b)),
                           resamples=3000, seed=11, confidence=0.9)
-    (m,) = result.metrics
+    m, errors = result.metrics
+    assert errors.metric == "error_rate" and errors.delta == 0.0 and not errors.regressed
     # Reference: the paired percentile bootstrap written out directly with the same seed.
     diffs = b - a
     rng = np.random.default_rng(11)
@@ -133,6 +138,18 @@ def test_gate_rule_directions_thresholds_and_pairing() -> None:
     other = [{**s, "model": "gemma"} for s in _samples(worse)]
     result = compare_runs("A", _samples(base), "B", other)
     assert result.paired_by == "case, epoch" and result.pairs == 40 and result.regressed
+    # Samples that error in B but not in A: excluded from exact_match, caught by error_rate.
+    crashed = [{**s, "status": "error", "scores": None} if i < 10 else s
+               for i, s in enumerate(_samples(base))]
+    result = compare_runs("A", _samples(base), "B", crashed)
+    assert result.regressed == ["error_rate"]
+    assert result.metrics[0].n == 30 and result.metrics[0].delta == 0.0
+    assert result.metrics[1].delta == pytest.approx(0.25)
+    # A labelled score takes its direction from the suite's entry (latency: lower is better).
+    entries = {"speed": {"key": "speed", "name": "latency"}}
+    fast_l, slow_l = _samples([0.1] * 20, "speed"), _samples([0.3] * 20, "speed")
+    assert compare_runs("A", fast_l, "B", slow_l, metrics=entries).regressed == ["speed"]
+    assert compare_runs("A", fast_l, "B", slow_l).regressed == []  # unknown key: higher
     with pytest.raises(ConfigError, match="unknown metric"):
         compare_runs("A", _samples(base), "B", _samples(worse), thresholds={"f1": 0.1})
     for bad in ("exact_match", "em=-1", "=0.1", "em=x"):
@@ -149,11 +166,11 @@ def test_summary_stderr_is_across_cases_with_epochs() -> None:
     summary = summarize(store.samples(run_id), ["continent"])
     stat = summary.overall.stats[("smollm2", "plain")]["exact_match"]
     case_means = np.array([1.0, 0.0, 1.0])
-    assert stat.n == 6 and stat.mean == pytest.approx(2 / 3)
+    assert stat.n == 3 and stat.mean == pytest.approx(2 / 3)
     assert stat.stderr == pytest.approx(case_means.std(ddof=1) / np.sqrt(3))
     assert summary.overall.errors[("smollm2", "plain")] == 2
     asia = summary.slices["continent"]["asia"].stats[("smollm2", "plain")]["exact_match"]
-    assert (asia.mean, asia.n) == (1.0, 2)  # case c3 (asia) errored: only c2 is scored
+    assert (asia.mean, asia.n) == (1.0, 1)  # case c3 (asia) errored: only c2 is scored
     store.close()
 
 
@@ -228,14 +245,110 @@ def test_cli_compare_gates_a_regression() -> None:
     store.close()
     regressed = invoke("eval", "compare", good, bad)
     assert regressed.exit_code == 1
-    assert "REGRESSED" in regressed.stdout and "error: regression in exact_match" in regressed.stderr
+    assert "REGRESSED" in regressed.stdout
+    assert "error: regression in exact_match" in regressed.stderr
     assert invoke("eval", "compare", bad, good).exit_code == 0
     unchanged = invoke("eval", "compare", good, same, "--json")
     assert unchanged.exit_code == 0
     data = json.loads(unchanged.stdout)
     assert data["regressed"] == [] and data["pairs"] == 15
-    assert data["metrics"][0]["metric"] == "exact_match" and data["metrics"][0]["delta"] == 0.0
+    assert [(m["metric"], m["delta"]) for m in data["metrics"]] == [
+        ("exact_match", 0.0), ("latency", 0.0), ("error_rate", 0.0)]
     tolerated = invoke("eval", "compare", good, bad, "--threshold", "exact_match=0.9")
     assert tolerated.exit_code == 0
     bad_flag = invoke("eval", "compare", good, bad, "--threshold", "exact_match")
     assert bad_flag.exit_code == 1 and "METRIC=DELTA" in bad_flag.stderr
+
+
+def test_thresholds_are_marked_and_listed() -> None:
+    store = EvalStore()
+    entries = [{"key": "exact_match", "name": "exact_match", "threshold": 0.7},
+               {"key": "latency", "name": "latency", "threshold": 1.0}]
+    run_id = make_run(store, [1.0, 0.0, 1.0, 1.0, 0.0], metrics=entries)
+    run, samples = store.get_run(run_id), store.samples(run_id)
+    store.close()
+    md = markdown_report(run, samples)
+    assert "| exact_match (≥ 0.7) | latency (≤ 1) |" in md
+    assert "| 0.600 ± 0.245 ✗ | 0.500 ± 0.000 |" in md
+    assert "✗ exact_match of smollm2 · plain: 0.600 misses the threshold 0.7" in md
+    parser = _Parsed()
+    parser.feed(html_report(run, samples))
+    assert "0.600 ± 0.245 ✗" in "".join(parser.text)
+    shown = invoke("eval", "show", run_id, "--json")
+    assert json.loads(shown.stdout)["summary"]["failures"] == [
+        {"model": "smollm2", "prompt": "plain", "metric": "exact_match", "mean": 0.6,
+         "threshold": 0.7}]
+
+
+SUITE = """\
+name: tiny-capitals
+models: [{{uri: smollm2, options: {{n_threads: 2}}}}]
+prompts:
+  - {{name: plain, user: "What is the capital of {{{{ country }}}}? Answer with the city only."}}
+cases:
+  - {{id: fr, vars: {{country: France}}, expected: Paris, metadata: {{continent: europe}}}}
+  - {{id: jp, vars: {{country: Japan}}, expected: Tokyo, metadata: {{continent: asia}}}}
+  - {{id: it, vars: {{country: Italy}}, expected: Rome, metadata: {{continent: europe}}}}
+params: {{temperature: 0, max_tokens: 12}}
+metrics:
+  - {{name: contains, threshold: {threshold}}}
+  - f1
+slices: [continent]
+"""
+
+
+def n_traces() -> int:
+    traces = TraceStore()
+    try:
+        return len(traces.list(limit=1000))
+    finally:
+        traces.close()
+
+
+def test_cli_run_on_smollm2_then_show_report_and_threshold_gate(tmp_path: Path) -> None:
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text(SUITE.format(threshold=0))
+    first = invoke("eval", "run", str(suite), "--no-progress")
+    assert first.exit_code == 0, first.stderr
+    store = EvalStore()
+    (run,) = store.runs()
+    samples = store.samples(run["id"])
+    assert run["status"] == "finished" and len(samples) == 3
+    assert all(s["status"] == "ok" and s["trace_id"] is not None for s in samples)
+    # The report's statistics equal the runner's own stored summary.
+    summary = summarize_run(run, samples)
+    for metric in ("contains", "f1"):
+        ours = summary.overall.stats[("smollm2", "plain")][metric]
+        assert ours.mean == pytest.approx(run["summary"][metric]["mean"])
+        assert ours.n == run["summary"][metric]["n"] == 3
+        europe = summary.slices["continent"]["europe"].stats[("smollm2", "plain")][metric]
+        assert europe.mean == pytest.approx(run["summary"]["slices"]["continent"]["europe"]
+                                            [metric]["mean"])
+    assert f"run {run['id']} · tiny-capitals · finished · 3 samples" in first.stdout
+    assert "contains (≥ 0)" in first.stdout and "by continent" in first.stdout
+
+    page = invoke("eval", "report", run["id"], "-o", str(tmp_path / "tiny.html"))
+    assert page.exit_code == 0
+    parser = _Parsed()
+    parser.feed((tmp_path / "tiny.html").read_text())
+    text = "".join(parser.text)
+    assert parser.tags.count("details") == 3 and "What is the capital of Japan?" in text
+    assert fmt_stat(summary.overall.stats[("smollm2", "plain")]["f1"]) in text
+
+    # An unreachable threshold fails the run (exit 1) without new model calls (cached).
+    suite.write_text(SUITE.format(threshold=1.5))
+    traced = n_traces()
+    assert traced >= 3
+    gated = invoke("eval", "run", str(suite), "--no-progress")
+    assert gated.exit_code == 1 and "error: below threshold: contains" in gated.stderr
+    assert n_traces() == traced
+    newest = store.runs()[0]
+    assert newest["id"] != run["id"]
+    outputs = sorted((s["case_id"], s["output"]) for s in store.samples(newest["id"]))
+    assert outputs == sorted((s["case_id"], s["output"]) for s in samples)
+    store.close()
+
+    wrong = invoke("eval", "run", str(suite), "--retry-errors")
+    assert wrong.exit_code == 1 and "--retry-errors needs --resume" in wrong.stderr
+    missing = invoke("eval", "run", str(tmp_path / "nope.yaml"))
+    assert missing.exit_code == 1 and "nope.yaml" in missing.stderr

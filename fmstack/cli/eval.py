@@ -52,16 +52,27 @@ def run(
         bool, typer.Option("--no-progress", help="No progress bar.")
     ] = False,
 ) -> None:
-    """Run a suite; results go to the store (then: fmstack eval show RUN)."""
+    """Run a suite; results go to the store (then: fmstack eval show RUN).
+
+    Exits 1 when a model × prompt misses a metric threshold set in the suite."""
     with common.user_errors():
         if retry_errors and resume is None:
             raise ConfigError("--retry-errors needs --resume RUN (errors of which run?)")
-        from fmstack.eval.runner import run_suite
+        from fmstack.eval.runner import RunInterrupted, run_suite
 
-        run_id = run_suite(suite, resume=resume, retry_errors=retry_errors,
-                           progress=not no_progress)
+        try:
+            run_id = run_suite(suite, resume=resume, retry_errors=retry_errors,
+                               progress=not no_progress)
+        except RunInterrupted as e:
+            common.print_error(f"interrupted: run {e.run_id} keeps its finished samples; "
+                               f"continue with: fmstack eval run {suite} --resume {e.run_id}")
+            raise typer.Exit(130) from None
         run_row, samples = _load(str(run_id))
-    _print_summary(run_row, samples)
+    summary = _print_summary(run_row, samples)
+    failures = summary.failures()
+    if failures:
+        raise common.fail("below threshold: " + "; ".join(
+            f"{m} {mean:.3f} vs {limit:g} ({g[0]} · {g[1]})" for g, m, mean, limit in failures))
 
 
 @app.command("list")
@@ -106,9 +117,9 @@ def show(run_id: RunArg, as_json: JsonOpt = False) -> None:
     if as_json:
         from dataclasses import asdict
 
-        from fmstack.eval.report import run_slices, summarize
+        from fmstack.eval.report import summarize_run
 
-        summary = summarize(samples, run_slices(run_row))
+        summary = summarize_run(run_row, samples)
         common.print_json({"run": run_row, "summary": _summary_json(summary, asdict)})
         return
     _print_summary(run_row, samples)
@@ -157,13 +168,14 @@ def compare(
 
     A metric regresses when its whole interval is worse than -threshold (default 0)."""
     with common.user_errors():
-        from fmstack.eval.compare import compare_runs, parse_thresholds
+        from fmstack.eval.compare import compare_runs, parse_thresholds, suite_metrics
 
         limits = parse_thresholds(threshold or [])
         a, samples_a = _load(run_a)
         b, samples_b = _load(run_b)
         result = compare_runs(a["id"], samples_a, b["id"], samples_b, thresholds=limits,
-                              confidence=confidence, resamples=resamples, seed=seed)
+                              confidence=confidence, resamples=resamples, seed=seed,
+                              metrics={**suite_metrics(a), **suite_metrics(b)})
     if as_json:
         common.print_json(result.as_dict())
     else:
@@ -208,44 +220,59 @@ def _summary_json(summary: Summary, asdict: Any) -> dict[str, Any]:
                 for g in summary.groups if g in t.samples]
 
     return {"overall": table(summary.overall),
+            "thresholds": {m: {"threshold": t, "higher_is_better": h}
+                           for m, (t, h) in summary.thresholds.items()},
+            "failures": [{"model": g[0], "prompt": g[1], "metric": m, "mean": mean,
+                          "threshold": limit} for g, m, mean, limit in summary.failures()],
             "slices": {name: {value: table(t) for value, t in values.items()}
                        for name, values in summary.slices.items()}}
 
 
-def _print_summary(run_row: dict[str, Any], samples: list[dict[str, Any]]) -> None:
+def _print_summary(run_row: dict[str, Any], samples: list[dict[str, Any]]) -> Summary:
     from rich.table import Table as RichTable
 
-    from fmstack.eval.report import fmt_stat, run_slices, summarize
+    from fmstack.eval.report import summarize_run
 
-    summary = summarize(samples, run_slices(run_row))
+    summary = summarize_run(run_row, samples)
     console = common.out()
     n, errors = _counts(samples)
     console.print(f"run {run_row['id']} · {run_row['suite_name']} · {run_row['status']} · "
                   f"{n} samples · {errors} errors", style="bold", markup=False)
 
-    def table(t: Table, lead: str | None, rows: list[tuple[str, Table]]) -> RichTable:
+    from fmstack.eval.report import group_header, group_label
+
+    def table(lead: str | None, rows: list[tuple[str, Table]]) -> RichTable:
+        # Numbers never wrap; the label columns give way on a narrow terminal. The errors
+        # column appears only when something errored.
         out = RichTable(box=None, pad_edge=False, header_style="bold")
         if lead:
             out.add_column(lead)
-        for name in ("model · prompt", "samples", "errors", *summary.metrics):
-            out.add_column(name, justify="left" if name == "model · prompt" else "right")
+        out.add_column(group_header(summary.groups))
+        for name in ("samples", *(["errors"] if errors else []),
+                     *(summary.header(m) for m in summary.metrics)):
+            out.add_column(name, justify="right", no_wrap=True)
         for value, tab in rows:
             for g in summary.groups:
                 if g not in tab.samples:
                     continue
                 stats = tab.stats.get(g, {})
-                out.add_row(*([value] if lead else []), f"{g[0]} · {g[1]}",
-                            str(tab.samples[g]), str(tab.errors.get(g, 0)),
-                            *(fmt_stat(stats.get(m)) for m in summary.metrics))
+                out.add_row(*([value] if lead else []), group_label(g, summary.groups),
+                            str(tab.samples[g]),
+                            *([str(tab.errors.get(g, 0))] if errors else []),
+                            *(summary.cell(m, stats.get(m)) for m in summary.metrics))
         return out
 
-    console.print(table(summary.overall, None, [("", summary.overall)]))
+    console.print(table(None, [("", summary.overall)]))
+    for g, m, mean, limit in summary.failures():
+        console.print(f"✗ {m} of {g[0]} · {g[1]}: {mean:.3f} misses the threshold {limit:g}",
+                      style="red", markup=False)
     for name, values in summary.slices.items():
         console.print(f"\nby {name}", style="bold", markup=False)
-        console.print(table(summary.overall, name, list(values.items())))
+        console.print(table(name, list(values.items())))
     if errors:
         console.print(f"\n{errors} errored samples: fmstack eval run SUITE --resume "
                       f"{run_row['id']} --retry-errors", style="dim", markup=False)
+    return summary
 
 
 def _print_comparison(result: Comparison) -> None:
@@ -256,7 +283,7 @@ def _print_comparison(result: Comparison) -> None:
                   f"{result.paired_by}) · {result.confidence:.0%} paired bootstrap, "
                   f"{result.resamples} resamples", style="bold", markup=False)
     table = RichTable(box=None, pad_edge=False, header_style="bold")
-    for name in ("metric", "n", "A", "B", "B - A", "interval", "threshold", "verdict"):
+    for name in ("metric", "n", "A", "B", "B - A", "interval", "verdict"):
         table.add_column(name, justify="left" if name in ("metric", "verdict") else "right")
 
     def num(x: float | None, signed: bool = False) -> str:
@@ -265,13 +292,15 @@ def _print_comparison(result: Comparison) -> None:
     for m in result.metrics:
         verdict = ("REGRESSED" if m.regressed else "improved" if m.improved
                    else "no data" if m.n == 0 else "no clear change")
+        if m.threshold:
+            verdict += f" (tolerance {m.threshold:g})"
         interval = ("–" if m.ci_low is None
                     else f"[{num(m.ci_low, True)}, {num(m.ci_high, True)}]")
-        table.add_row(m.metric + ("" if m.higher_is_better else " (lower is better)"),
-                      str(m.n), num(m.mean_a), num(m.mean_b), num(m.delta, True), interval,
-                      f"{m.threshold:g}", verdict,
+        table.add_row(m.metric + ("" if m.higher_is_better else " ↓"), str(m.n),
+                      num(m.mean_a), num(m.mean_b), num(m.delta, True), interval, verdict,
                       style="red" if m.regressed else "green" if m.improved else None)
     console.print(table)
+    console.print("↓ lower is better", style="dim")
     for label, names in (("only in A", result.only_in_a), ("only in B", result.only_in_b)):
         if names:
             console.print(f"{label} (not compared): {', '.join(names)}", style="dim",

@@ -21,6 +21,10 @@ The gate rule: a metric **regresses** when the whole interval lies on the worse 
 lower-is-better one (latency, cost, perplexity: the registry's ``higher_is_better``) it is
 ``ci_low > threshold``. The default threshold is 0: any regression the data is sure of fails,
 noise does not. ``fmstack eval compare`` exits 1 when any metric regresses.
+
+Errored samples have no scores, so each metric compares only the pairs where both succeeded;
+the share of errored samples is compared separately as ``error_rate`` (lower is better, gated
+like the others), so a candidate that fails where the baseline answered cannot pass unseen.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ import numpy as np
 from fmstack.errors import ConfigError
 
 PairKey = tuple[str, ...]
+# The pseudo-metric comparing how many samples errored (always compared, listed last).
+ERROR_RATE = "error_rate"
 
 
 @dataclass(frozen=True)
@@ -150,11 +156,29 @@ def bootstrap_mean_ci(
     return float(low), float(high)
 
 
-def _higher_is_better(metric: str) -> bool:
+def suite_metrics(run: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The suite's metric entries by score key (``{key, name, threshold, field, ...}``), read
+    from the run's stored config; empty when the config has none."""
+    config = field(run, "config")
+    if isinstance(config, str):
+        try:
+            config = json.loads(config)
+        except ValueError:
+            config = None
+    entries = config.get("metrics") if isinstance(config, Mapping) else None
+    if not isinstance(entries, list):
+        return {}
+    return {str(e.get("key", e.get("name"))): dict(e) for e in entries
+            if isinstance(e, Mapping) and (e.get("key") or e.get("name"))}
+
+
+def higher_is_better(key: str, metrics: Mapping[str, Mapping[str, Any]] | None = None) -> bool:
+    """The direction of a score key: its suite entry's registered metric, else the registered
+    metric the key names (``f1[answer]`` is f1's), else higher."""
     from fmstack.eval.metrics import METRICS
 
-    # Scores may be stored under a decorated name ("f1@final"): the registered prefix decides.
-    for name in (metric, metric.split("@")[0].split("[")[0].split(":")[0]):
+    entry = (metrics or {}).get(key)
+    for name in (entry.get("name") if entry else None, key, key.split("[")[0]):
         if name in METRICS:
             return METRICS[name].higher_is_better
     return True
@@ -170,11 +194,13 @@ def compare_runs(
     confidence: float = 0.95,
     resamples: int = 2000,
     seed: int = 0,
+    metrics: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Comparison:
     """Per-metric deltas B - A with paired bootstrap intervals and the gate verdict.
 
     ``thresholds`` maps a metric name (or ``*`` for every metric) to the tolerated regression in
-    the metric's units (>= 0); metrics not named use ``*`` or 0.
+    the metric's units (>= 0); metrics not named use ``*`` or 0. ``metrics`` (the suite's
+    entries by key, see ``suite_metrics``) tells each score's direction.
     """
     if not 0 < confidence < 1:
         raise ConfigError(f"confidence must be in (0, 1), got {confidence}")
@@ -193,42 +219,65 @@ def compare_runs(
 
     names_a = {m for s in samples_a for m in numeric_scores(s)}
     names_b = {m for s in samples_b for m in numeric_scores(s)}
-    unknown = set(thresholds) - names_a - names_b - {"*"}
+    unknown = set(thresholds) - names_a - names_b - {"*", ERROR_RATE}
     if unknown:
         raise ConfigError(f"--threshold names unknown metric(s) {sorted(unknown)}; the runs "
-                          f"have {sorted(names_a | names_b)}")
+                          f"have {sorted(names_a | names_b | {ERROR_RATE})}")
     deltas = []
     for metric in sorted(names_a & names_b):
         both = [(sa[metric], sb[metric]) for sa, sb in
                 ((numeric_scores(x), numeric_scores(y)) for x, y in pairs)
                 if metric in sa and metric in sb]
-        higher = _higher_is_better(metric)
+        higher = higher_is_better(metric, metrics)
         threshold = thresholds.get(metric, thresholds.get("*", 0.0))
         if not both:
             deltas.append(MetricDelta(metric, 0, None, None, None, None, None, higher,
                                       threshold, False, False))
             continue
-        arr = np.array(both, dtype=float)
-        diffs = arr[:, 1] - arr[:, 0]
-        delta = float(diffs.mean())
-        low: float | None
-        high: float | None
-        low, high = (bootstrap_mean_ci(diffs, resamples=resamples, confidence=confidence,
-                                       seed=seed) if len(diffs) > 1 else (None, None))
-        regressed = improved = False
-        if low is not None and high is not None:
-            worse_bound, better_bound = (high, low) if higher else (-low, -high)
-            regressed = worse_bound < -threshold
-            improved = better_bound > 0
-        deltas.append(MetricDelta(
-            metric, len(both), float(arr[:, 0].mean()), float(arr[:, 1].mean()), delta,
-            low, high, higher, threshold, regressed, improved,
-        ))
+        deltas.append(_delta(metric, np.array(both, dtype=float), higher, threshold,
+                             resamples=resamples, confidence=confidence, seed=seed))
+    deltas.append(_error_rate(pairs, thresholds, resamples=resamples, confidence=confidence,
+                              seed=seed))
     return Comparison(
         run_a=run_a, run_b=run_b, paired_by=how, pairs=len(pairs), confidence=confidence,
         resamples=resamples, seed=seed, metrics=deltas,
         only_in_a=sorted(names_a - names_b), only_in_b=sorted(names_b - names_a),
     )
+
+
+def _delta(
+    metric: str, arr: np.ndarray, higher: bool, threshold: float, *,
+    resamples: int, confidence: float, seed: int,
+) -> MetricDelta:
+    """The comparison of one metric from an (n, 2) array of paired (A, B) values."""
+    diffs = arr[:, 1] - arr[:, 0]
+    low: float | None = None
+    high: float | None = None
+    if len(diffs) > 1:
+        low, high = bootstrap_mean_ci(diffs, resamples=resamples, confidence=confidence,
+                                      seed=seed)
+    regressed = improved = False
+    if low is not None and high is not None:
+        # Oriented so that positive means better: B - A, or A - B when lower is better.
+        worse_bound, better_bound = (high, low) if higher else (-low, -high)
+        regressed = worse_bound < -threshold
+        improved = better_bound > 0
+    return MetricDelta(metric, len(diffs), float(arr[:, 0].mean()), float(arr[:, 1].mean()),
+                       float(diffs.mean()), low, high, higher, threshold, regressed, improved)
+
+
+def _error_rate(
+    pairs: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
+    thresholds: Mapping[str, float], *, resamples: int, confidence: float, seed: int,
+) -> MetricDelta:
+    # Errored samples carry no scores, so the metrics above compare only pairs that both
+    # succeeded: a candidate that crashes on the hard cases would look no worse. The share of
+    # errored samples is therefore compared (and gated) like any lower-is-better metric.
+    arr = np.array([[s.get("status", "ok") != "ok" for s in pair] for pair in pairs],
+                   dtype=float)
+    threshold = thresholds.get(ERROR_RATE, thresholds.get("*", 0.0))
+    return _delta(ERROR_RATE, arr, False, threshold, resamples=resamples,
+                  confidence=confidence, seed=seed)
 
 
 def parse_thresholds(specs: Sequence[str]) -> dict[str, float]:

@@ -5,10 +5,13 @@ interrupted (no summary yet) reports what it finished, and the numbers always ma
 drill-down beneath them. Results are grouped by model × prompt: a mean over different models
 answers no question anyone asks.
 
-Statistics per group and metric: ``mean`` over the samples that are ``ok`` and carry the
-score; ``stderr`` is the standard error of that mean *across cases* (with several epochs the
-epochs of one case are averaged first, since they are not independent draws of the dataset);
-``n`` is the number of scored samples.
+Statistics per group and metric, the same as the runner's stored summary: the epochs of a case
+are averaged first (they are not independent draws of the dataset), then ``mean`` and
+``stderr`` (standard error of the mean) are taken across cases, and ``n`` counts the cases.
+Only samples that are ``ok`` and carry the score count. A suite metric with a ``threshold``
+is checked per model × prompt: a mean that misses it is marked (✗), and ``failures`` lists
+them (``fmstack eval run`` exits 1 on any). Corpus-level metrics (corpus BLEU, ...) have no
+per-sample scores and appear only in the run's stored summary.
 
 The HTML page is self-contained (inline CSS, inline SVG bar charts, no scripts, nothing
 fetched) and escapes every piece of text that came from a dataset or a model.
@@ -25,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fmstack.eval.compare import field as sample_field
-from fmstack.eval.compare import numeric_scores
+from fmstack.eval.compare import higher_is_better, numeric_scores, suite_metrics
 
 Group = tuple[str, str]  # (model, prompt)
 
@@ -52,18 +55,40 @@ class Summary:
     groups: list[Group]
     overall: Table
     slices: dict[str, dict[str, Table]]  # field -> value -> table
+    # metric -> (threshold, higher_is_better), for the suite metrics that set a threshold
+    thresholds: dict[str, tuple[float, bool]] = field(default_factory=dict)
+
+    def misses(self, metric: str, stat: Stat | None) -> bool:
+        """Whether ``stat`` misses the metric's threshold (False when it has none)."""
+        if stat is None or metric not in self.thresholds:
+            return False
+        limit, higher = self.thresholds[metric]
+        return stat.mean < limit if higher else stat.mean > limit
+
+    def failures(self) -> list[tuple[Group, str, float, float]]:
+        """``(group, metric, mean, threshold)`` for each model × prompt that misses one."""
+        return [(g, m, st.mean, self.thresholds[m][0]) for g in self.groups
+                for m, st in sorted(self.overall.stats.get(g, {}).items())
+                if self.misses(m, st)]
+
+    def header(self, metric: str) -> str:
+        if metric not in self.thresholds:
+            return metric
+        limit, higher = self.thresholds[metric]
+        return f"{metric} ({'≥' if higher else '≤'} {limit:g})"
+
+    def cell(self, metric: str, stat: Stat | None) -> str:
+        return fmt_stat(stat) + (" ✗" if self.misses(metric, stat) else "")
 
 
 def _stat(per_case: Mapping[str, list[float]]) -> Stat:
-    values = [v for vs in per_case.values() for v in vs]
     case_means = [sum(vs) / len(vs) for vs in per_case.values()]
     k = len(case_means)
+    mean = sum(case_means) / k
     stderr = None
     if k > 1:
-        m = sum(case_means) / k
-        var = sum((x - m) ** 2 for x in case_means) / (k - 1)
-        stderr = math.sqrt(var / k)
-    return Stat(sum(values) / len(values), stderr, len(values))
+        stderr = math.sqrt(sum((x - mean) ** 2 for x in case_means) / (k - 1) / k)
+    return Stat(mean, stderr, k)
 
 
 def _table(samples: Sequence[Mapping[str, Any]]) -> Table:
@@ -103,9 +128,14 @@ def run_slices(run: Mapping[str, Any]) -> list[str]:
     return [str(s) for s in slices] if isinstance(slices, list) else []
 
 
-def summarize(samples: Sequence[Mapping[str, Any]], slices: Sequence[str] = ()) -> Summary:
-    """Overall and per-slice tables of the samples (see the module docstring)."""
-    metrics = sorted({m for s in samples for m in numeric_scores(s)})
+def summarize(
+    samples: Sequence[Mapping[str, Any]],
+    slices: Sequence[str] = (),
+    metrics: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Summary:
+    """Overall and per-slice tables of the samples (see the module docstring); ``metrics``
+    are the suite's metric entries by key (``compare.suite_metrics``), for thresholds."""
+    names = sorted({m for s in samples for m in numeric_scores(s)})
     groups = sorted({(str(s.get("model")), str(s.get("prompt"))) for s in samples})
     by_slice: dict[str, dict[str, Table]] = {}
     for name in slices:
@@ -113,7 +143,14 @@ def summarize(samples: Sequence[Mapping[str, Any]], slices: Sequence[str] = ()) 
         for s in samples:
             buckets[_slice_value(s, name)].append(s)
         by_slice[name] = {value: _table(buckets[value]) for value in sorted(buckets)}
-    return Summary(metrics, groups, _table(samples), by_slice)
+    thresholds = {key: (float(e["threshold"]), higher_is_better(key, metrics))
+                  for key, e in (metrics or {}).items() if e.get("threshold") is not None}
+    return Summary(names, groups, _table(samples), by_slice, thresholds)
+
+
+def summarize_run(run: Mapping[str, Any], samples: Sequence[Mapping[str, Any]]) -> Summary:
+    """``summarize`` with the slices and metric thresholds of the run's suite."""
+    return summarize(samples, run_slices(run), suite_metrics(run))
 
 
 def fmt_stat(stat: Stat | None) -> str:
@@ -124,15 +161,21 @@ def fmt_stat(stat: Stat | None) -> str:
     return f"{stat.mean:.3f} ± {stat.stderr:.3f}"
 
 
-def group_label(g: Group, groups: Sequence[Group]) -> str:
-    """``model · prompt``, or just the part that varies when the other is the same throughout."""
+def group_header(groups: Sequence[Group]) -> str:
+    """What a group label shows: ``model``, ``prompt`` or ``model · prompt``; a part that is
+    the same throughout is left out (it is in the run's config)."""
     models = {m for m, _ in groups}
     prompts = {p for _, p in groups}
     if len(prompts) == 1 and len(models) > 1:
-        return g[0]
+        return "model"
     if len(models) == 1 and len(prompts) > 1:
-        return g[1]
-    return f"{g[0]} · {g[1]}"
+        return "prompt"
+    return "model · prompt"
+
+
+def group_label(g: Group, groups: Sequence[Group]) -> str:
+    header = group_header(groups)
+    return g[0] if header == "model" else g[1] if header == "prompt" else f"{g[0]} · {g[1]}"
 
 
 # ----- Markdown -------------------------------------------------------------------------------
@@ -143,7 +186,8 @@ def _md_cell(text: str) -> str:
 
 
 def _md_table(table: Table, summary: Summary, lead: list[str] | None = None) -> list[str]:
-    head = [*(lead or []), "model · prompt", "samples", "errors", *summary.metrics]
+    head = [*(lead or []), "model · prompt", "samples", "errors",
+            *(summary.header(m) for m in summary.metrics)]
     lines = ["| " + " | ".join(_md_cell(h) for h in head) + " |",
              "|" + "|".join("---" for _ in head) + "|"]
     for g in summary.groups:
@@ -151,18 +195,21 @@ def _md_table(table: Table, summary: Summary, lead: list[str] | None = None) -> 
             continue
         stats = table.stats.get(g, {})
         cells = [*(lead or []), f"{g[0]} · {g[1]}", str(table.samples[g]),
-                 str(table.errors.get(g, 0)), *(fmt_stat(stats.get(m)) for m in summary.metrics)]
+                 str(table.errors.get(g, 0)),
+                 *(summary.cell(m, stats.get(m)) for m in summary.metrics)]
         lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
     return lines
 
 
 def markdown_report(run: Mapping[str, Any], samples: Sequence[Mapping[str, Any]]) -> str:
     """The summary tables of a run as GitHub-flavoured Markdown (mean ± stderr)."""
-    summary = summarize(samples, run_slices(run))
+    summary = summarize_run(run, samples)
     lines = [f"# Eval run {run.get('id')}: {_md_cell(str(run.get('suite_name') or ''))}", "",
              f"status **{run.get('status')}** · {len(samples)} samples · "
              f"created {run.get('created_at')}", "", "## Overall", ""]
     lines += _md_table(summary.overall, summary)
+    lines += [f"\n✗ {m} of {g[0]} · {g[1]}: {mean:.3f} misses the threshold {limit:g}"
+              for g, m, mean, limit in summary.failures()]
     for name, values in summary.slices.items():
         lines += ["", f"## By {_md_cell(name)}", ""]
         head: list[str] = []
@@ -188,7 +235,7 @@ details{border:1px solid #ddd;border-radius:4px;margin:.3em 0;padding:.3em .6em}
 details.error{border-color:#d33}
 summary{cursor:pointer}
 pre{white-space:pre-wrap;word-break:break-word;background:#f6f6f6;padding:.5em;margin:.2em 0}
-.meta{color:#666}.err{color:#b00}
+.meta{color:#666}.err,td.fail{color:#b00}
 """
 
 
@@ -200,7 +247,8 @@ def _html_table(
     table: Table, summary: Summary, lead: str | None = None
 ) -> tuple[str, list[str]]:
     """The header row and the body rows (a leading column header when ``lead`` is given)."""
-    head = ([lead] if lead else []) + ["model · prompt", "samples", "errors", *summary.metrics]
+    head = ([lead] if lead else []) + ["model · prompt", "samples", "errors",
+                                       *(summary.header(m) for m in summary.metrics)]
     rows = ["<tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
     for g in summary.groups:
         if g not in table.samples:
@@ -209,7 +257,8 @@ def _html_table(
         cells = [f"<td>{_e(g[0])} · {_e(g[1])}</td>",
                  f"<td class=num>{table.samples[g]}</td>",
                  f"<td class=num>{table.errors.get(g, 0)}</td>"]
-        cells += [f"<td class=num>{_e(fmt_stat(stats.get(m)))}</td>" for m in summary.metrics]
+        cells += [f"<td class=\"num{' fail' if summary.misses(m, stats.get(m)) else ''}\">"
+                  f"{_e(summary.cell(m, stats.get(m)))}</td>" for m in summary.metrics]
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return rows[0], rows[1:]
 
@@ -261,6 +310,11 @@ def _bar_chart(metric: str, summary: Summary) -> str:
                          f'y2="{y + row_h / 2:.1f}" stroke="#222" stroke-width="1.5"/>')
         parts.append(f'<text x="{label_w + bar_w + 8}" y="{y + 15}" font-size="12">'
                      f"{_e(fmt_stat(s))}</text>")
+    if metric in summary.thresholds and 0 <= summary.thresholds[metric][0] <= top:
+        x = label_w + summary.thresholds[metric][0] / top * bar_w
+        parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="0" y2="{height}" stroke="#b00" '
+                     f'stroke-dasharray="4 3"><title>threshold '
+                     f'{summary.thresholds[metric][0]:g}</title></line>')
     parts.append("</svg>")
     return f'<div class=chart><h3>{_e(metric)}</h3>{"".join(parts)}</div>'
 
@@ -304,7 +358,7 @@ def _sample_html(s: Mapping[str, Any]) -> str:
 
 def html_report(run: Mapping[str, Any], samples: Sequence[Mapping[str, Any]]) -> str:
     """One self-contained HTML page for the run (see the module docstring)."""
-    summary = summarize(samples, run_slices(run))
+    summary = summarize_run(run, samples)
     name = str(run.get("suite_name") or "")
     errors = sum(summary.overall.errors.values())
     parts = [
@@ -317,7 +371,7 @@ def html_report(run: Mapping[str, Any], samples: Sequence[Mapping[str, Any]]) ->
         + (f" · finished {_e(run.get('finished_at'))}" if run.get("finished_at") else "")
         + (f" · suite {_e(run.get('suite_path'))}" if run.get("suite_path") else "") + "</p>",
         "<h2>Overall</h2>", _table_html(summary.overall, summary),
-        "<p class=meta>mean ± standard error across cases</p>",
+        "<p class=meta>mean ± standard error across cases; ✗ misses the suite's threshold</p>",
     ]
     if summary.metrics:
         parts.append("<div class=charts>"
