@@ -231,18 +231,10 @@ def load_suite(path: str | Path) -> Suite:
     try:
         suite = Suite.model_validate(data)
     except ValidationError as e:
-        # A typo'd key also makes the real key "missing": the unknown key is the real news.
-        errors = sorted(e.errors(), key=lambda x: x["type"] != "extra_forbidden")
-        err = errors[0]
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
-        where = _where(str(path), lines, loc)
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(str(loc[-1]), _KNOWN_KEYS.get(len(loc), []), 1)
-            msg = "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
+        loc, msg = _explain(e, Suite)
         at = ".".join(str(p) for p in loc)
-        raise ConfigError(f"{where} {at + ': ' if at else ''}"
-                          f"{str(msg).removeprefix('Value error, ')}") from None
+        raise ConfigError(f"{_where(str(path), lines, loc)} {at + ': ' if at else ''}{msg}"
+                          ) from None
     suite._lines = lines
     suite.resolve()
     return suite
@@ -272,7 +264,33 @@ def _where(file: str, lines: dict[tuple[str | int, ...], int],
     return f"{file}:"
 
 
-_KNOWN_KEYS = {1: [k for k in Suite.model_fields if k not in ("base_dir", "path")]}
+_MODELS: dict[str, type[BaseModel]] = {
+    c.__name__: c for c in (ModelConfig, InlinePromptConfig, MetricConfig, Case)
+}
+
+
+def _explain(e: ValidationError, root: type[BaseModel]) -> tuple[tuple[str | int, ...], str]:
+    """The one error worth reporting, as (path in the YAML, message). A typo'd key also makes
+    the real key "missing", and an entry that may be a string or a mapping fails both ways:
+    the unknown key, and the mapping's own complaint, are the real news."""
+    def rank(err: Any) -> tuple[bool, bool]:
+        branch_str = any(p == "str" or (isinstance(p, str) and "[" in p) for p in err["loc"])
+        return err["type"] != "extra_forbidden", branch_str
+
+    err = sorted(e.errors(), key=rank)[0]
+    owner: type[BaseModel] = root
+    loc: list[str | int] = []
+    for p in err["loc"]:
+        if isinstance(p, str) and p in _MODELS:
+            owner = _MODELS[p]
+        elif not (isinstance(p, str) and (p == "str" or "[" in p)):
+            loc.append(p)
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        known = [k for k in owner.model_fields if k not in ("base_dir", "path")]
+        close = difflib.get_close_matches(str(loc[-1]), known, 1)
+        msg = "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
+    return tuple(loc), msg
 
 
 # ----- resolving ----------------------------------------------------------------------------
@@ -288,9 +306,9 @@ def _resolve(suite: Suite, lines: dict[tuple[str | int, ...], int]) -> ResolvedS
     try:
         SamplingParams.model_validate(suite.params)
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{at('params', *err['loc'])} params.{loc}: {err['msg']}") from None
+        loc, msg = _explain(e, SamplingParams)
+        raise ConfigError(f"{at('params', *loc)} params.{'.'.join(map(str, loc))}: {msg}"
+                          ) from None
 
     models = [m if isinstance(m, ModelConfig) else ModelConfig(uri=m) for m in suite.models]
     for i, m in enumerate(models):
