@@ -8,6 +8,11 @@ computation with the same seed and, independently, against scipy's paired bootst
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Sequence
 from html.parser import HTMLParser
 from pathlib import Path
@@ -305,6 +310,7 @@ def n_traces() -> int:
         traces.close()
 
 
+@pytest.mark.slow
 def test_cli_run_on_smollm2_then_show_report_and_threshold_gate(tmp_path: Path) -> None:
     suite = tmp_path / "tiny.yaml"
     suite.write_text(SUITE.format(threshold=0))
@@ -352,3 +358,36 @@ def test_cli_run_on_smollm2_then_show_report_and_threshold_gate(tmp_path: Path) 
     assert wrong.exit_code == 1 and "--retry-errors needs --resume" in wrong.stderr
     missing = invoke("eval", "run", str(tmp_path / "nope.yaml"))
     assert missing.exit_code == 1 and "nope.yaml" in missing.stderr
+
+
+@pytest.mark.slow
+def test_cli_run_interrupted_by_ctrl_c_then_resumed_without_repeated_calls() -> None:
+    suite = Path(__file__).parents[1] / "examples" / "suites" / "capitals.yaml"
+    fmstack = Path(sys.executable).parent / "fmstack"
+    proc = subprocess.Popen([str(fmstack), "eval", "run", str(suite), "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    store = EvalStore()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        runs = store.runs()
+        if runs and len(store.samples(runs[0]["id"])) >= 3:
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.05)
+    _, stderr = proc.communicate(timeout=120)
+    (run,) = store.runs()
+    assert proc.returncode == 130, stderr
+    assert stderr.strip() == (f"error: interrupted: run {run['id']} keeps its finished samples; "
+                              f"continue with: fmstack eval run {suite} --resume {run['id']}")
+    done_before = len(store.samples(run["id"]))
+    assert run["status"] == "interrupted" and 3 <= done_before < 24
+    assert n_traces() == done_before
+
+    resumed = invoke("eval", "run", str(suite), "--resume", run["id"][:5], "--no-progress")
+    assert f"run {run['id']} · capitals · finished · 24 samples" in resumed.stdout
+    # The suite sets a threshold on `contains`: exit 1 exactly when a prompt misses it.
+    missed = summarize_run(store.get_run(run["id"]), store.samples(run["id"])).failures()
+    assert resumed.exit_code == (1 if missed else 0), resumed.stderr
+    assert n_traces() == 24  # each sample called the model exactly once over both invocations
+    store.close()
