@@ -50,6 +50,7 @@ def make_run(
     epochs: int = 1,
     script_output: bool = False,
     metrics: list[dict[str, Any]] | None = None,
+    summary: dict[str, Any] | None = None,
 ) -> str:
     """A run with one sample per case (x epochs); ``None`` in ``exact`` makes an error sample.
     ``metrics`` are the suite's metric entries stored in the run's config (thresholds)."""
@@ -73,7 +74,7 @@ def make_run(
                               scores={"exact_match": score,
                                       "latency": (latency or [0.5] * len(exact))[i]})
             store.add_sample(run_id, sample)
-    store.finish_run(run_id, "finished", None)
+    store.finish_run(run_id, "finished", summary)
     return run_id
 
 
@@ -283,6 +284,19 @@ def test_thresholds_are_marked_and_listed() -> None:
     assert json.loads(shown.stdout)["summary"]["failures"] == [
         {"model": "smollm2", "prompt": "plain", "metric": "exact_match", "mean": 0.6,
          "threshold": 0.7}]
+
+
+def test_suite_order_and_corpus_metrics_from_the_stored_summary() -> None:
+    store = EvalStore()
+    entries = [{"key": "latency", "name": "latency"}, {"key": "exact_match", "name": "exact_match"},
+               {"key": "corpus_bleu", "name": "corpus_bleu"}]
+    stored = {"groups": {"smollm2|plain": {"corpus_bleu": {"mean": 31.5, "stderr": None,
+                                                           "n": 4}}}}
+    run_id = make_run(store, [1.0, 0.0, 1.0, 1.0], metrics=entries, summary=stored)
+    md = markdown_report(store.get_run(run_id), store.samples(run_id))
+    store.close()
+    assert "| model · prompt | samples | errors | latency | exact_match | corpus_bleu |" in md
+    assert "| smollm2 · plain | 4 | 0 | 0.500 ± 0.000 | 0.750 ± 0.250 | 31.500 |" in md
 
 
 SUITE = """\

@@ -87,10 +87,12 @@ class Comparison:
         return d
 
 
-def field(sample: Mapping[str, Any], name: str) -> Any:
+def json_column(sample: Mapping[str, Any], name: str) -> Any:
     """A sample column, JSON-decoded when the store handed it over as text."""
     value = sample.get(name)
-    if isinstance(value, str) and name in ("scores", "metadata", "input", "expected"):
+    # Only the columns that always hold a JSON object: a plain-text ``expected`` of "42" must
+    # stay the string it is.
+    if isinstance(value, str) and name in ("scores", "metadata", "config", "summary"):
         try:
             return json.loads(value)
         except ValueError:
@@ -102,7 +104,7 @@ def numeric_scores(sample: Mapping[str, Any]) -> dict[str, float]:
     """The sample's finite numeric scores (booleans count as 0/1); empty for an errored one."""
     if sample.get("status", "ok") != "ok":
         return {}
-    scores = field(sample, "scores")
+    scores = json_column(sample, "scores")
     if not isinstance(scores, Mapping):
         return {}
     out = {}
@@ -159,12 +161,7 @@ def bootstrap_mean_ci(
 def suite_metrics(run: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """The suite's metric entries by score key (``{key, name, threshold, field, ...}``), read
     from the run's stored config; empty when the config has none."""
-    config = field(run, "config")
-    if isinstance(config, str):
-        try:
-            config = json.loads(config)
-        except ValueError:
-            config = None
+    config = json_column(run, "config")
     entries = config.get("metrics") if isinstance(config, Mapping) else None
     if not isinstance(entries, list):
         return {}

@@ -27,8 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fmstack.eval.compare import field as sample_field
-from fmstack.eval.compare import higher_is_better, numeric_scores, suite_metrics
+from fmstack.eval.compare import higher_is_better, json_column, numeric_scores, suite_metrics
 
 Group = tuple[str, str]  # (model, prompt)
 
@@ -109,7 +108,7 @@ def _table(samples: Sequence[Mapping[str, Any]]) -> Table:
 
 
 def _slice_value(sample: Mapping[str, Any], name: str) -> str:
-    meta = sample_field(sample, "metadata")
+    meta = json_column(sample, "metadata")
     value = meta.get(name) if isinstance(meta, Mapping) else None
     if value is None:
         return "(none)"
@@ -118,12 +117,7 @@ def _slice_value(sample: Mapping[str, Any], name: str) -> str:
 
 def run_slices(run: Mapping[str, Any]) -> list[str]:
     """The slice fields the suite asked for (its ``slices``), from the run's config."""
-    config = run.get("config")
-    if isinstance(config, str):
-        try:
-            config = json.loads(config)
-        except ValueError:
-            config = None
+    config = json_column(run, "config")
     slices = config.get("slices") if isinstance(config, Mapping) else None
     return [str(s) for s in slices] if isinstance(slices, list) else []
 
@@ -135,7 +129,9 @@ def summarize(
 ) -> Summary:
     """Overall and per-slice tables of the samples (see the module docstring); ``metrics``
     are the suite's metric entries by key (``compare.suite_metrics``), for thresholds."""
-    names = sorted({m for s in samples for m in numeric_scores(s)})
+    scored = {m for s in samples for m in numeric_scores(s)}
+    # The suite's order first (the order its author chose), then anything else by name.
+    names = [k for k in (metrics or {}) if k in scored] + sorted(scored - set(metrics or {}))
     groups = sorted({(str(s.get("model")), str(s.get("prompt"))) for s in samples})
     by_slice: dict[str, dict[str, Table]] = {}
     for name in slices:
@@ -149,8 +145,25 @@ def summarize(
 
 
 def summarize_run(run: Mapping[str, Any], samples: Sequence[Mapping[str, Any]]) -> Summary:
-    """``summarize`` with the slices and metric thresholds of the run's suite."""
-    return summarize(samples, run_slices(run), suite_metrics(run))
+    """``summarize`` with the slices and metric thresholds of the run's suite, plus the
+    corpus-level metrics (no per-sample scores) from the runner's stored per-group summary."""
+    metrics = suite_metrics(run)
+    summary = summarize(samples, run_slices(run), metrics)
+    stored = json_column(run, "summary")
+    groups = stored.get("groups") if isinstance(stored, Mapping) else None
+    if not isinstance(groups, Mapping):
+        return summary
+    for g in summary.groups:
+        for key, stat in (groups.get(f"{g[0]}|{g[1]}") or {}).items():
+            mean = stat.get("mean") if isinstance(stat, Mapping) else None
+            if key in summary.metrics and key in summary.overall.stats.get(g, {}):
+                continue
+            if isinstance(mean, int | float) and not isinstance(mean, bool):
+                summary.overall.stats.setdefault(g, {})[key] = Stat(
+                    float(mean), stat.get("stderr"), int(stat.get("n") or 0))
+                if key not in summary.metrics:
+                    summary.metrics.append(key)
+    return summary
 
 
 def fmt_stat(stat: Stat | None) -> str:
@@ -185,8 +198,11 @@ def _md_cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
-def _md_table(table: Table, summary: Summary, lead: list[str] | None = None) -> list[str]:
-    head = [*(lead or []), "model · prompt", "samples", "errors",
+def _md_table(
+    table: Table, summary: Summary, lead: tuple[str, str] | None = None
+) -> list[str]:
+    """Header, rule and rows; ``lead`` = (column name, value) adds a first column."""
+    head = [*([lead[0]] if lead else []), "model · prompt", "samples", "errors",
             *(summary.header(m) for m in summary.metrics)]
     lines = ["| " + " | ".join(_md_cell(h) for h in head) + " |",
              "|" + "|".join("---" for _ in head) + "|"]
@@ -194,7 +210,7 @@ def _md_table(table: Table, summary: Summary, lead: list[str] | None = None) -> 
         if g not in table.samples:
             continue
         stats = table.stats.get(g, {})
-        cells = [*(lead or []), f"{g[0]} · {g[1]}", str(table.samples[g]),
+        cells = [*([lead[1]] if lead else []), f"{g[0]} · {g[1]}", str(table.samples[g]),
                  str(table.errors.get(g, 0)),
                  *(summary.cell(m, stats.get(m)) for m in summary.metrics)]
         lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
@@ -212,12 +228,9 @@ def markdown_report(run: Mapping[str, Any], samples: Sequence[Mapping[str, Any]]
               for g, m, mean, limit in summary.failures()]
     for name, values in summary.slices.items():
         lines += ["", f"## By {_md_cell(name)}", ""]
-        head: list[str] = []
         for i, (value, table) in enumerate(values.items()):
-            rows = _md_table(table, summary, lead=[value])
-            rows[0] = rows[0].replace("| " + value + " |", "| " + _md_cell(name) + " |", 1)
-            head = rows[:2] if i == 0 else head
-            lines += (head if i == 0 else []) + rows[2:]
+            rows = _md_table(table, summary, lead=(name, value))
+            lines += rows if i == 0 else rows[2:]  # one header for all the values
     return "\n".join(lines) + "\n"
 
 
@@ -333,13 +346,13 @@ def _sample_html(s: Mapping[str, Any]) -> str:
     title = (f"<b>{_e(s.get('case_id'))}</b> · {_e(s.get('model'))} · {_e(s.get('prompt'))} · "
              f"epoch {_e(s.get('epoch'))} · "
              + (f"<span class=err>{_e(status)}</span>" if status != "ok" else _e(score_text)))
-    rows = [("input", _pre(sample_field(s, "input"))),
-            ("expected", _pre(sample_field(s, "expected"))),
+    rows = [("input", _pre(json_column(s, "input"))),
+            ("expected", _pre(json_column(s, "expected"))),
             ("output", _pre(s.get("output"))),
-            ("scores", _pre(sample_field(s, "scores")))]
+            ("scores", _pre(json_column(s, "scores")))]
     if s.get("error"):
         rows.append(("error", f"<pre class=err>{_e(s.get('error'))}</pre>"))
-    meta = sample_field(s, "metadata")
+    meta = json_column(s, "metadata")
     if meta:
         rows.append(("metadata", _pre(meta)))
     facts = []
