@@ -1,6 +1,7 @@
 """Run untrusted Python programs (model-written code) in a separate, limited process.
 
-Every program runs as ``sys.executable -I`` in its own process, never a fork of the caller, and
+Every program runs as ``sys.executable -I`` (the base interpreter when a namespaced sandbox
+would hide a virtualenv under /tmp) in its own process, never a fork of the caller, and
 one bad program (crash, hang, memory or fork bomb) fails that sample only. What is in force is
 probed once per process and recorded on every result (``ExecResult.protections``), because it
 depends on what the machine permits:
@@ -352,6 +353,15 @@ def _traversable_by_others(path: str) -> bool:
     return True
 
 
+def _interpreter(use_ns: bool) -> str:
+    """The Python that runs programs: ours, except that a virtualenv under /tmp would vanish
+    behind the namespaced sandbox's private /tmp, so there its base interpreter runs instead
+    (same version and standard library, without the virtualenv's own packages)."""
+    if use_ns and (sys.prefix == "/tmp" or sys.prefix.startswith("/tmp/")):
+        return os.path.realpath(sys.executable)
+    return sys.executable
+
+
 def _exposed_prefixes() -> list[str]:
     """Python installation directories that live under a hidden directory."""
     candidates = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
@@ -493,7 +503,7 @@ class Sandbox:
             "guard": guard,
             "guard_source": _GUARD,
         }
-        python = [sys.executable, "-I", "-c", _BOOTSTRAP, json.dumps(config)]
+        python = [_interpreter(use_ns), "-I", "-c", _BOOTSTRAP, json.dumps(config)]
         if not use_ns:
             return python
         flags = ["--net", "--pid", "--fork", "--mount-proc", "--kill-child"]
