@@ -189,6 +189,60 @@ def compare(
 # ----- helpers --------------------------------------------------------------------------------
 
 
+@app.command("bench")
+def bench(
+    benchmark: Annotated[str, typer.Argument(
+        metavar="BENCHMARK", help="humaneval, gsm8k or shakespeare.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model alias or URI.")] = "smollm2",
+    limit: Annotated[int | None, typer.Option(
+        "--limit", help="First N problems (shakespeare: chunks).")] = None,
+    n: Annotated[int, typer.Option("--n", help="humaneval: samples per problem.")] = 1,
+    temperature: Annotated[float | None, typer.Option(
+        "--temperature", help="humaneval: sampling temperature (default 0, or 0.8 with --n > 1).",
+    )] = None,
+    max_tokens: Annotated[int | None, typer.Option(
+        "--max-tokens", help="Tokens per answer (gsm8k 256, humaneval 384).")] = None,
+    threads: Annotated[int | None, typer.Option(
+        "--threads", help="CPU threads for a local model.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run a built-in benchmark: GSM8K exact match, HumanEval pass@k, Shakespeare bits/byte.
+
+    GSM8K runs as an eval suite (stored and cached: fmstack eval show RUN works on it)."""
+    with common.user_errors():
+        from fmstack.eval import benchmarks as b
+
+        if benchmark not in b.BENCHMARKS:
+            raise ConfigError(f"unknown benchmark {benchmark!r}; choose from "
+                              f"{', '.join(b.BENCHMARKS)}")
+        if benchmark != "humaneval" and (n != 1 or temperature is not None):
+            raise ConfigError("--n and --temperature apply to humaneval only")
+        options: dict[str, Any] = {} if threads is None else {"n_threads": threads}
+        result: Any
+        if benchmark == "gsm8k":
+            result = b.run_gsm8k(model, limit=limit, options=options,
+                                 max_tokens=max_tokens or 256, progress=not as_json)
+            line = f"GSM8K exact match {result.exact_match:.3f} on {result.n} problems " \
+                   f"({result.errors} errors), run {result.run_id}"
+        elif benchmark == "humaneval":
+            temp = temperature if temperature is not None else (0.8 if n > 1 else 0.0)
+            ks = tuple(k for k in (1, 10, 100) if k <= n)
+            result = b.run_humaneval(model, limit=limit, n=n, temperature=temp, ks=ks,
+                                     max_tokens=max_tokens or 384, options=options)
+            line = f"HumanEval on {result.n_problems} problems, n={n}, T={temp:g}: " + \
+                ", ".join(f"pass@{k} {v:.3f}" for k, v in result.pass_at.items())
+        else:
+            if max_tokens is not None:
+                raise ConfigError("--max-tokens does not apply to shakespeare (it scores text)")
+            result = b.run_shakespeare(model, limit=limit, options=options)
+            line = f"Shakespeare ({result.work}, {result.chunks} chunks, {result.n_bytes} bytes):" \
+                   f" {result.bits_per_byte:.4f} bits/byte, perplexity {result.perplexity:.2f}"
+    if as_json:
+        common.print_json({"benchmark": benchmark, **result.to_dict()})
+        return
+    common.out().print(line)
+
+
 def _counts(samples: list[dict[str, Any]]) -> tuple[int, int]:
     return len(samples), sum(1 for s in samples if s.get("status") != "ok")
 

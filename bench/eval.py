@@ -1,0 +1,150 @@
+"""SmolLM2 on the built-in benchmarks, and the eval runner's throughput and overhead.
+
+    make bench            # or: .venv/bin/python bench/eval.py [--gsm8k 200] [--humaneval 40]
+
+Writes bench/results/eval.json, rewritten after each part so an interrupted run keeps what
+finished; a part that did not run says "not measured: <why>" instead of a number.
+
+* gsm8k: exact match (numeric_match on the number after "####") on the first N test problems,
+  greedy, max_tokens 256, builtin gsm8k prompt, through run_suite with a fresh cache.
+* humaneval: pass@1 with n=5 samples per problem at temperature 0.8 on the first N problems,
+  every program checked in the Sandbox.
+* runner: the same GSM8K slice (fewer max_tokens) run with concurrency 1 and then 4, each in a
+  fresh FMSTACK_HOME so every sample really calls the model; samples/s = samples / wall, and the
+  runner's overhead = wall - model time, as a fraction of wall, where model time is the sum of
+  the completions' timings.total - timings.queue (total counts from submission, so with 4
+  workers it includes waiting for the backend's lock; the raw sum is reported too). The
+  llamacpp backend decodes one request at a time, so concurrency cannot add speed here; the
+  figure shows what the threads cost.
+
+``--parts runner`` (etc.) re-measures only those parts and keeps the others from the existing
+eval.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+from contextlib import closing
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parent))
+
+from models import machine  # bench/models.py's description of the machine
+
+from fmstack.eval.benchmarks import gsm8k_suite, run_gsm8k, run_humaneval
+from fmstack.eval.runner import run_suite
+
+OUT = Path(__file__).parent / "results" / "eval.json"
+PARTS = ("runner", "gsm8k", "humaneval")
+
+
+def write(results: dict[str, Any]) -> None:
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def cached_timings() -> list[dict[str, float]]:
+    """The timings of every completion in the (fresh) eval cache: one per model call."""
+    from fmstack.store.evals import EvalStore
+
+    with EvalStore() as store, closing(sqlite3.connect(store.path)) as db:
+        rows = db.execute("SELECT completion FROM eval_cache").fetchall()
+    return [json.loads(row[0])["timings"] for row in rows]
+
+
+def runner_throughput(limit: int, max_tokens: int, threads: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"workload": f"GSM8K first {limit}, max_tokens {max_tokens}, greedy",
+                           "backend": "llamacpp smollm2 (one shared model, decodes serially)"}
+    for concurrency in (1, 4):
+        with tempfile.TemporaryDirectory() as home:
+            os.environ["FMSTACK_HOME"] = home  # a fresh store and cache: no hits
+            suite = gsm8k_suite("smollm2", limit=limit, max_tokens=max_tokens,
+                                concurrency=concurrency, options={"n_threads": threads},
+                                name=f"gsm8k-c{concurrency}")
+            start = time.perf_counter()
+            result = run_suite(suite, progress=False)
+            wall = time.perf_counter() - start
+            timings = cached_timings()
+        # timings.total runs from submission, so under concurrency it includes waiting for the
+        # backend's lock (timings.queue); the model's own time is total - queue.
+        model_s = sum(t["total"] - t["queue"] for t in timings)
+        out[f"concurrency_{concurrency}"] = {
+            "samples": len(result.samples), "model_calls": result.model_calls,
+            "errors": result.errors, "wall_s": round(wall, 2),
+            "samples_per_s": round(len(result.samples) / wall, 4),
+            "sum_timings_total_s": round(sum(t["total"] for t in timings), 2),
+            "model_time_s": round(model_s, 2),
+            "overhead_s": round(wall - model_s, 2),
+            "overhead_fraction": round((wall - model_s) / wall, 4),
+        }
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--gsm8k", type=int, default=200, help="GSM8K problems")
+    ap.add_argument("--humaneval", type=int, default=40, help="HumanEval problems")
+    ap.add_argument("--throughput", type=int, default=16, help="GSM8K problems per runner run")
+    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--parts", default=",".join(PARTS),
+                    help="comma-separated subset of " + ",".join(PARTS))
+    args = ap.parse_args()
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    if unknown := sorted(set(parts) - set(PARTS)):
+        ap.error(f"unknown parts {unknown}; choose from {', '.join(PARTS)}")
+    results: dict[str, Any] = {}
+    if set(parts) != set(PARTS) and OUT.is_file():
+        results = json.loads(OUT.read_text())
+    command = " ".join([Path(sys.executable).name, *sys.argv])
+    results.update(machine=machine(), threads=args.threads,
+                   model="smollm2 (SmolLM2-135M-Instruct Q4_1 GGUF, llamacpp backend)")
+    for part in parts:
+        results[part] = "not measured: not reached yet (interrupted, or out of time)"
+    write(results)
+    opts = {"n_threads": args.threads}
+    stamp = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "command": command}
+
+    if "runner" in parts:
+        results["runner"] = {**runner_throughput(args.throughput, 64, args.threads), **stamp}
+        write(results)
+        print("runner", json.dumps(results["runner"]), flush=True)
+    if "gsm8k" in parts:
+        results["gsm8k"] = {**gsm8k(args.gsm8k, opts), **stamp}
+        write(results)
+        print("gsm8k", json.dumps(results["gsm8k"]), flush=True)
+    if "humaneval" in parts:
+        results["humaneval"] = {**humaneval(args.humaneval, opts), **stamp}
+        write(results)
+        print("humaneval", json.dumps(results["humaneval"]), flush=True)
+
+
+def gsm8k(limit: int, opts: dict[str, Any]) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as home:
+        os.environ["FMSTACK_HOME"] = home
+        g = run_gsm8k("smollm2", limit=limit, options=opts, max_tokens=256)
+    return {"limit": limit, "max_tokens": 256, "exact_match": g.exact_match, "n": g.n,
+            "errors": g.errors, "seconds": round(g.seconds, 1)}
+
+
+def humaneval(limit: int, opts: dict[str, Any]) -> dict[str, Any]:
+    h = run_humaneval("smollm2", limit=limit, n=5, temperature=0.8, ks=(1, 5),
+                      max_tokens=300, options=opts)
+    d = h.to_dict()
+    return {"limit": limit, "n": 5, "temperature": 0.8, "max_tokens": 300,
+            "pass@1": d["pass_at"]["pass@1"], "pass@5": d["pass_at"]["pass@5"],
+            "problems_with_a_pass": sum(c > 0 for _, c in h.counts.values()),
+            "seconds_generate": round(h.seconds_generate, 1),
+            "seconds_check": round(h.seconds_check, 1)}
+
+
+if __name__ == "__main__":
+    main()

