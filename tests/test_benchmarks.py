@@ -80,7 +80,7 @@ def test_chunk_text_keeps_every_byte_within_the_budget() -> None:
     def count(s: str) -> int:
         return len(s) // 10 + 1
 
-    chunks = b.chunk_text(text, 20, count)
+    chunks = list(b.chunk_text(text, 20, count))
     assert "".join(chunks) == text
     assert all(count(c) <= 20 for c in chunks)
     assert len(chunks) > 5

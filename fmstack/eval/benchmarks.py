@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from importlib import resources
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -245,32 +247,30 @@ def shakespeare_text(work: str = SHAKESPEARE_DEFAULT) -> str:
     return path.read_text(encoding="utf-8", errors="replace")
 
 
-def chunk_text(text: str, max_tokens: int, count_tokens: Any) -> list[str]:
+def chunk_text(text: str, max_tokens: int, count_tokens: Callable[[str], int]) -> Iterator[str]:
     """Split ``text`` on line boundaries into chunks of at most ``max_tokens`` tokens each
-    (by ``count_tokens``); a single longer line is split by characters. Chunks joined back
-    give the text, so every byte is scored exactly once."""
+    (by ``count_tokens``); a single longer line is cut by characters. Lazy, so taking the first
+    few chunks does not tokenize a whole play. The chunks joined give back the text, so every
+    byte is scored exactly once."""
     if max_tokens < 1:
         raise ConfigError(f"max_tokens must be >= 1, got {max_tokens}")
-    chunks: list[str] = []
     current = ""
     for line in text.splitlines(keepends=True):
         while count_tokens(line) > max_tokens:
-            # A line longer than a chunk: cut it at a size that fits (halving is cheap and rare).
             cut = len(line)
             while cut > 1 and count_tokens(line[:cut]) > max_tokens:
-                cut //= 2
+                cut //= 2  # halving is cheap, and lines this long are rare in verse
             if current:
-                chunks.append(current)
+                yield current
                 current = ""
-            chunks.append(line[:cut])
+            yield line[:cut]
             line = line[cut:]
         if current and count_tokens(current + line) > max_tokens:
-            chunks.append(current)
+            yield current
             current = ""
         current += line
     if current:
-        chunks.append(current)
-    return chunks
+        yield current
 
 
 @dataclass
@@ -303,25 +303,14 @@ def run_shakespeare(
     text = shakespeare_text(work)
     lm = load_model(model, **(options or {}))
     try:
-        window = getattr(lm, "context_length", None) or chunk_tokens
-        # Leave room for the BOS token and tokenizer merges at chunk edges.
+        window = lm.context_length or chunk_tokens
+        # Chunks are counted exactly (as tokenized alone); leave room for the BOS token.
         size = max(16, min(chunk_tokens, int(window) - 8))
 
         def count(s: str) -> int:
             return len(lm.tokenize(s))
 
-        # Chunk only as much text as ``limit`` needs: tokenizing all of a play is the slow part.
-        chunks: list[str] = []
-        rest = text
-        step = size * 8  # characters; a generous bound on one chunk's text
-        while rest and (limit is None or len(chunks) < limit):
-            piece, rest = rest[: step * 4], rest[step * 4:]
-            cut = piece.rfind("\n") + 1 if rest else len(piece)
-            if rest and cut > 0:
-                piece, rest = piece[:cut], piece[cut:] + rest
-            chunks.extend(chunk_text(piece, size, count))
-        if limit is not None:
-            chunks = chunks[:limit]
+        chunks = list(islice(chunk_text(text, size, count), limit))
         start = time.perf_counter()
         score = lm_score(lm, chunks)
         seconds = time.perf_counter() - start
