@@ -53,6 +53,7 @@ def test_gsm8k_runs_as_a_suite_on_smollm2_and_reruns_from_cache() -> None:
     assert again.model_calls == 0 and again.exact_match == result.exact_match
 
 
+@pytest.mark.slow  # 8-25 s on 2 busy cores
 def test_humaneval_samples_go_through_the_sandbox_and_our_pass_at_k() -> None:
     result = b.run_humaneval("smollm2", limit=2, n=2, temperature=0.8, ks=(1, 2),
                              max_tokens=48, options=OPTS)
