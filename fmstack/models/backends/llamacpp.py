@@ -44,6 +44,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -182,6 +183,11 @@ class LlamaCppModel(Model):
         # take turns per request instead of evicting each other's KV cache every token), and
         # the decode steps inside take it again.
         self._lock = threading.RLock()
+        # Every llama_decode runs on this one thread. llama.cpp's CPU backend uses OpenMP, which
+        # keeps a team of spinning worker threads per *calling* thread: decoding from several
+        # caller threads (an eval runner with concurrency 4, a server's request threads) left
+        # idle teams spinning on the cores the active one needed, and ran ~1.7x slower.
+        self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fmstack-llamacpp")
         self.seed = seed  # used by requests that set no seed of their own
         # One thread count for prompt and decode: llama-cpp-python's default uses every logical
         # core for prompts, whose spinning threads stall badly when the cores are shared.
@@ -346,7 +352,7 @@ class LlamaCppModel(Model):
                 batch.n_seq_id[k] = 1
                 batch.seq_id[k][0] = 0
                 batch.logits[k] = pos == len(seq) - 1 or (on_logits is not None and pos >= from_pos)
-            rc = ll.llama_decode(self._llm.ctx, batch)
+            rc = self._decoder.submit(ll.llama_decode, self._llm.ctx, batch).result()
             if rc != 0:
                 ll.llama_memory_clear(mem, True)
                 self._kv = []
@@ -669,6 +675,7 @@ class LlamaCppModel(Model):
             if self._closed:
                 return
             self._closed = True
+            self._decoder.shutdown(wait=True)
             self._ll.llama_batch_free(self._batch)
             self._llm.close()
             self._kv, self._kv_logits = [], None
