@@ -1,0 +1,1 @@
+"""Retrieval-augmented generation: loaders, chunkers, indexes, fusion, rerankers, answers."""
