@@ -59,7 +59,7 @@ def cached_timings() -> list[dict[str, float]]:
 
     with EvalStore() as store, closing(sqlite3.connect(store.path)) as db:
         rows = db.execute("SELECT completion FROM eval_cache").fetchall()
-    return [json.loads(row[0])["timings"] for row in rows]
+    return [json.loads(row[0])["completion"]["timings"] for row in rows]
 
 
 def runner_throughput(limit: int, max_tokens: int, threads: int) -> dict[str, Any]:

@@ -4,9 +4,9 @@
 
 * **Bounded concurrency**: ``suite.concurrency`` worker threads. Local backends hold a lock
   around decoding, so more workers mostly help remote APIs; results do not depend on it.
-* **Cache**: each completion is stored under sha256(model, params incl. seed, request, epoch)
-  in ``eval_cache``; a hit makes no model call (so nothing is traced for it) and an unchanged
-  suite re-runs for free. Only successful completions are cached.
+* **Cache**: each completion is stored under sha256(model and its load options, params incl.
+  seed, request, epoch[, target]) in ``eval_cache``; a hit makes no model call (so nothing is
+  traced for it) and an unchanged suite re-runs for free. Only successful completions are cached.
 * **Resume**: ``run_id=`` continues that run. Samples stored ``ok`` are skipped, never-run
   samples run, and errored ones are redone only with ``retry_errors=True``. Every sample is one
   transaction, so an interrupt (Ctrl-C, or ``KeyboardInterrupt`` from ``on_sample``) loses
@@ -25,8 +25,14 @@ the samples in the summary only. The summary holds, per metric, the mean and the
 *across cases* (epochs of one case are averaged first, since they are not independent draws of
 the dataset), overall, per (model, prompt) group and per slice value.
 
-Only single-turn cases are implemented. Conversations (per-turn scores and a per-task score)
-would add a ``turns`` list to a case and score each assistant turn as its own component.
+A **target** (``suite.target``) replaces the model call: the runner calls it with the loaded
+model, the request and the case, caches what it returns (its completion and components) under
+the same kind of key plus the target's fingerprint, and counts each call as one model call.
+
+A **conversation** case runs its turns in order, each a cached call on the whole history so far
+(so a resumed or repeated run replays finished turns from the cache); the sample stores every
+turn (``turns``: user message, output, per-turn scores) and its ``scores`` are the per-task
+aggregates. The summary adds ``turns``: per metric, the stats of turn 1, turn 2, ...
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fmstack.errors import ConfigError, FmstackError
+from fmstack.eval.passk import pass_at_k
 from fmstack.eval.suite import (
     Case,
     ModelConfig,
@@ -52,9 +59,11 @@ from fmstack.eval.suite import (
     ResolvedSuite,
     Suite,
     SuitePrompt,
+    Target,
     load_suite,
+    render,
 )
-from fmstack.models.types import Completion, Request
+from fmstack.models.types import Choice, Completion, Message, Request
 from fmstack.store.evals import EvalStore
 
 if TYPE_CHECKING:
@@ -102,7 +111,30 @@ class _Task:
 @dataclass
 class _Outcome:
     sample: dict[str, Any]
-    source: str  # "model" | "cache" | "none" (failed before a completion existed)
+    calls: int = 0  # completions that came from a model (or a target) call
+    hits: int = 0  # completions that came from the cache
+
+
+@dataclass
+class _Output:
+    """What one call produced: the completion and, from a target, named intermediate outputs."""
+
+    completion: Completion
+    components: dict[str, Any] = field(default_factory=dict)
+    seconds: float | None = None  # a target's wall time (its completion may time one call)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"completion": self.completion.model_dump(mode="json"),
+                "components": self.components, "seconds": self.seconds}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> _Output:
+        return cls(Completion.model_validate(data["completion"]), data.get("components") or {},
+                   data.get("seconds"))
+
+    @property
+    def latency(self) -> float | None:
+        return self.seconds if self.seconds is not None else self.completion.timings.total
 
 
 @dataclass
@@ -220,8 +252,8 @@ def _record(outcome: _Outcome, run_id: str, store: EvalStore, result: RunResult,
             bar: _Bar) -> None:
     store.add_sample(run_id, outcome.sample)
     result.samples.append(outcome.sample)
-    result.model_calls += outcome.source == "model"
-    result.cache_hits += outcome.source == "cache"
+    result.model_calls += outcome.calls
+    result.cache_hits += outcome.hits
     result.errors += outcome.sample["status"] == "error"
     bar.advance()
 
@@ -245,29 +277,116 @@ def _run_task(
         "prompt": task.prompt.name, "epoch": task.epoch, "expected": task.case.expected,
         "metadata": task.case.metadata, "status": "ok", "error": None, "scores": {},
     }
-    source = "none"
+    outcome = _Outcome(sample)
     try:
         request = _request(rs, task)
         # Tags reach the trace (not the cache key): a trace names the run and sample it served.
         request.tags.update(eval_run=run_id, eval_sample=task.key)
         sample["input"] = {
             "messages": [m.model_dump() for m in request.messages or []],
+            "prompt": request.prompt,
             "params": request.params.model_dump(mode="json", exclude_defaults=True),
         }
-        key = cache_key(task.model.uri, request, task.epoch)
-        cached = store.cache_get(key)
-        if cached is not None:
-            completion, source = Completion.model_validate(cached), "cache"
+        if task.case.turns:
+            _conversation(rs, task, request, models, store, outcome)
         else:
-            completion = models.get(task.model).complete(request)
-            source = "model"
-            store.cache_put(key, completion.model_dump(mode="json"))
-        sample.update(output=completion.text, trace_id=completion.trace_id,
-                      latency_s=completion.timings.total, cost=completion.cost)
-        sample["scores"] = _score(rs.metrics, task, completion, models)
+            out = _produce(rs, task, request, models, store, outcome)
+            sample.update(output=out.completion.text, trace_id=out.completion.trace_id,
+                          latency_s=out.latency, cost=out.completion.cost,
+                          components=out.components or None)
+            sample["scores"] = _score(rs.metrics, task, out, models, task.case.expected,
+                                      required=True)
     except Exception as e:
         sample.update(status="error", error=f"{type(e).__name__}: {e}")
-    return _Outcome(sample, source)
+    return outcome
+
+
+def _conversation(rs: ResolvedSuite, task: _Task, request: Request, models: _Models,
+                  store: EvalStore, outcome: _Outcome) -> None:
+    """Run a conversation case turn by turn: the prompt's messages, then each turn's user
+    message after the model's reply. Each turn is scored against its own expected value."""
+    assert task.case.turns and request.messages is not None
+    sample = outcome.sample
+    expected = [task.case.expected, *(t.expected for t in task.case.turns)]
+    users = [request.messages[-1].content]
+    messages = list(request.messages)
+    turns: list[dict[str, Any]] = []
+    try:
+        for n, want in enumerate(expected):
+            if n:
+                user = render(task.case.turns[n - 1].user, task.case.vars,
+                              f"case {task.case.id} turn {n + 1}")
+                messages += [Message(role="assistant", content=turns[-1]["output"]),
+                             Message(role="user", content=user)]
+                users.append(user)
+            turn_request = request.model_copy(update={"messages": list(messages)})
+            out = _produce(rs, task, turn_request, models, store, outcome)
+            turns.append({"turn": n + 1, "user": users[n], "expected": want,
+                          "output": out.completion.text, "trace_id": out.completion.trace_id,
+                          "latency_s": out.latency, "cost": out.completion.cost,
+                          "components": out.components or None,
+                          "scores": _score(rs.metrics, task, out, models, want, required=False)})
+    finally:
+        # Turns done before an error are kept, so the report shows how far it got.
+        sample["turns"] = turns
+    sample.update(output=turns[-1]["output"], trace_id=turns[-1]["trace_id"],
+                  latency_s=sum(t["latency_s"] or 0.0 for t in turns),
+                  cost=sum(t["cost"] or 0.0 for t in turns))
+    scores: dict[str, float] = {}
+    for m in rs.metrics:
+        values = [t["scores"][m.key] for t in turns if m.key in t["scores"]]
+        if values:
+            scores[m.key] = _AGGREGATES[m.config.aggregate](values)
+    sample["scores"] = scores
+
+
+_AGGREGATES: dict[str, Callable[[list[float]], float]] = {
+    "mean": lambda v: sum(v) / len(v), "min": min, "max": max, "last": lambda v: v[-1],
+}
+
+
+def _produce(rs: ResolvedSuite, task: _Task, request: Request, models: _Models,
+             store: EvalStore, outcome: _Outcome) -> _Output:
+    """One completion for ``request``: from the cache, else from the model (or the target)."""
+    key = cache_key(task.model, request, task.epoch, rs.target)
+    cached = store.cache_get(key)
+    if cached is not None and "completion" in cached:
+        outcome.hits += 1
+        return _Output.from_json(cached)
+    model = models.get(task.model)
+    if rs.target is None:
+        out = _Output(model.complete(request))
+    else:
+        started = time.perf_counter()
+        returned = rs.target.fn(model, request, task.case)
+        out = _target_output(returned, rs.target)
+        out.seconds = time.perf_counter() - started
+    outcome.calls += 1
+    store.cache_put(key, out.to_json())
+    return out
+
+
+def _target_output(value: Any, target: Target) -> _Output:
+    """A target's return value as an _Output: a Completion, or a dict with ``final`` (a
+    Completion or text) and JSON-serialisable components."""
+    if isinstance(value, Completion):
+        return _Output(value)
+    if not isinstance(value, dict) or "final" not in value:
+        raise ConfigError(f"target {target.name} must return a Completion or a dict with a "
+                          f"'final' key, not {type(value).__name__}")
+    final = value["final"]
+    if isinstance(final, str):
+        final = Completion(model=target.name,
+                           choices=[Choice(text=final, finish_reason="stop")])
+    if not isinstance(final, Completion):
+        raise ConfigError(f"target {target.name}: 'final' must be a Completion or text, not "
+                          f"{type(final).__name__}")
+    components = {k: v for k, v in value.items() if k != "final"}
+    try:
+        json.dumps(components)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"target {target.name}: components must be JSON data ({e})") from None
+    return _Output(final, components)
 
 
 def _request(rs: ResolvedSuite, task: _Task) -> Request:
@@ -278,44 +397,75 @@ def _request(rs: ResolvedSuite, task: _Task) -> Request:
     return request
 
 
-def cache_key(model: str, request: Request, epoch: int) -> str:
-    """The eval-cache key: model, params (seed included), the rendered request, the epoch."""
+def cache_key(model: ModelConfig | str, request: Request, epoch: int,
+              target: Target | None = None) -> str:
+    """The eval-cache key: the model with its load options (a different ``n_ctx`` or file is a
+    different model), params (seed included), the rendered request, the epoch, and the
+    target's name and fingerprint when a target produces the output."""
+    config = model if isinstance(model, ModelConfig) else ModelConfig(uri=model)
     payload = {
-        "model": model,
+        "model": config.uri,
+        "options": config.options,
         "params": request.params.model_dump(mode="json"),
         "messages": [m.model_dump() for m in request.messages] if request.messages else None,
         "prompt": request.prompt,
         "epoch": epoch,
+        "target": [target.name, target.fingerprint] if target is not None else None,
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _score(metrics: list[ResolvedMetric], task: _Task, completion: Completion,
-           models: _Models) -> dict[str, float]:
+def _score(metrics: list[ResolvedMetric], task: _Task, out: _Output, models: _Models,
+           expected: Any, *, required: bool) -> dict[str, float]:
+    """Per-sample metric values. ``expected`` is this output's reference (a conversation
+    turn's own); with ``required=False`` a metric whose reference is missing is skipped
+    (a turn with nothing to compare) instead of failing the sample."""
     scores: dict[str, float] = {}
     for m in metrics:
         if m.spec.level == "corpus":
             continue
         try:
-            scores[m.key] = float(m.spec.fn(*_args(m, task, completion), **_options(m, task,
-                                                                                   models)))
+            args = _args(m, task, out, expected)
+        except _NoReference:
+            if required:
+                raise ConfigError(f"case {task.case.id} has no {m.config.reference!r} value "
+                                  f"to compare with (metric {m.key})") from None
+            continue
+        try:
+            scores[m.key] = float(m.spec.fn(*args, **_options(m, task, models)))
         except Exception as e:
             raise MetricError(f"metric {m.key}: {e}") from e
     return scores
 
 
-def _args(m: ResolvedMetric, task: _Task, completion: Completion) -> list[Any]:
+class _NoReference(Exception):
+    pass
+
+
+def _args(m: ResolvedMetric, task: _Task, out: _Output, expected: Any) -> list[Any]:
     args: list[Any] = []
     for name in m.spec.inputs:
         if name == "completion":
-            args.append(completion)
+            args.append(out.completion)
         elif name == "prediction":
-            args.append(component(completion, m.config.field))
+            args.append(component(out.completion, m.config.field, out.components))
         elif name == "reference":
-            if task.case.expected is None:
-                raise ConfigError(f"case {task.case.id} has no 'expected' value to compare with")
-            args.append(task.case.expected)
+            args.append(reference(task.case, m.config.reference, expected))
     return args
+
+
+def reference(case: Case, path: str, expected: Any) -> Any:
+    """The value a metric compares with: ``expected`` (the case's, or a conversation turn's),
+    ``expected.KEY``, ``vars.KEY`` or ``metadata.KEY``."""
+    head, _, key = path.partition(".")
+    source: Any = {"expected": expected, "vars": case.vars, "metadata": case.metadata}[head]
+    if key:
+        if not isinstance(source, dict) or key not in source:
+            raise _NoReference(path)
+        source = source[key]
+    if source is None:
+        raise _NoReference(path)
+    return source
 
 
 def _options(m: ResolvedMetric, task: _Task, models: _Models) -> dict[str, Any]:
@@ -325,15 +475,20 @@ def _options(m: ResolvedMetric, task: _Task, models: _Models) -> dict[str, Any]:
     return options
 
 
-def component(completion: Completion, name: str) -> str:
-    """The part of an output a metric scores: ``final`` (the text) or a top-level key of the
-    parsed JSON output (non-string values as JSON text)."""
+def component(completion: Completion, name: str,
+              components: dict[str, Any] | None = None) -> Any:
+    """The part of an output a metric scores: ``final`` (the text), a component a target
+    returned (as it returned it: a list of retrieved ids stays a list), or a top-level key of
+    the parsed JSON output (non-string values as JSON text)."""
     if name == "final":
         return completion.text
+    if components and name in components:
+        return components[name]
     parsed = completion.parsed
     if not isinstance(parsed, dict):
-        raise ConfigError(f"field {name!r} needs a JSON object output (a prompt with an "
-                          "output_schema); this output has none")
+        have = f" (components: {', '.join(components)})" if components else ""
+        raise ConfigError(f"field {name!r} is neither a component the target returned nor a "
+                          f"key of a JSON object output{have}")
     if name not in parsed:
         raise ConfigError(f"field {name!r} is not in the output (has: {', '.join(parsed)})")
     value = parsed[name]
@@ -376,6 +531,8 @@ def _stats(samples: Iterable[dict[str, Any]], rs: ResolvedSuite) -> dict[str, An
             if not per_case:
                 continue
             out[m.key] = _stat([sum(v) / len(v) for v in per_case.values()])
+            if m.config.pass_at:
+                out[m.key]["pass_at"] = _pass_at(per_case.values(), m.config.pass_at)
         if m.config.threshold is not None and out[m.key]["mean"] is not None:
             mean, limit = out[m.key]["mean"], m.config.threshold
             out[m.key]["threshold"] = limit
@@ -383,11 +540,45 @@ def _stats(samples: Iterable[dict[str, Any]], rs: ResolvedSuite) -> dict[str, An
     return out
 
 
+def _pass_at(per_case: Iterable[list[float]], ks: list[int]) -> dict[str, float | None]:
+    """Mean unbiased pass@k over the cases that have at least k scored epochs; a score of 1
+    (exactly, up to rounding) is a pass."""
+    counts = [(len(v), sum(x >= 1 - 1e-9 for x in v)) for v in per_case]
+    out: dict[str, float | None] = {}
+    for k in sorted(set(ks)):
+        usable = [(n, c) for n, c in counts if n >= k]
+        out[str(k)] = (sum(pass_at_k(n, c, k) for n, c in usable) / len(usable)
+                       if usable else None)
+    return out
+
+
+def turn_stats(samples: Iterable[dict[str, Any]], rs: ResolvedSuite) -> dict[str, Any]:
+    """Per-turn scores of conversation samples: ``{metric: [stats of turn 1, turn 2, ...]}``,
+    each across cases like the per-task figures (epochs of a case averaged first)."""
+    by_turn: dict[str, dict[int, dict[tuple[str, str, str], list[float]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list)))
+    for s in samples:
+        if s["status"] != "ok":
+            continue
+        for t in s.get("turns") or []:
+            for key, value in (t.get("scores") or {}).items():
+                by_turn[key][int(t["turn"])][(s["case_id"], s["model"], s["prompt"])].append(
+                    value)
+    out: dict[str, Any] = {}
+    for m in rs.metrics:
+        if m.key in by_turn:
+            turns = by_turn[m.key]
+            out[m.key] = [_stat([sum(v) / len(v) for v in turns[n].values()]) if turns.get(n)
+                          else None for n in range(1, max(turns) + 1)]
+    return out
+
+
 def summarize(samples: list[dict[str, Any]], rs: ResolvedSuite) -> dict[str, Any]:
     """``{metric: {mean, stderr, n[, threshold, passed]}}`` over all samples, plus ``groups``
     (per ``model|prompt``) and ``slices`` (``{field: {value: {metric: stats}}}``). Samples
     whose metadata lacks a slice field are left out of that slice. ``stderr`` is None for a
-    single case; errored samples are not scored (the report counts them)."""
+    single case; errored samples are not scored (the report counts them). A metric with
+    ``pass_at`` gets ``pass_at: {k: value}``; conversations add ``turns`` (see turn_stats)."""
     summary = _stats(samples, rs)
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for s in samples:
@@ -402,6 +593,9 @@ def summarize(samples: list[dict[str, Any]], rs: ResolvedSuite) -> dict[str, Any
                 values[str(meta[name])].append(s)
         slices[name] = {v: _stats(ss, rs) for v, ss in sorted(values.items())}
     summary["slices"] = slices
+    turns = turn_stats(samples, rs)
+    if turns:
+        summary["turns"] = turns
     return summary
 
 

@@ -23,9 +23,29 @@ all of them, rendered with the same sandboxed, strict Jinja rules as prompt file
 
 A metric entry is a name from ``fmstack.eval.metrics`` plus ``threshold`` (the mean must reach
 it, or stay under it for lower-is-better metrics), ``field`` (what to score: ``final``, the
-output text, or a top-level key of the JSON output of a prompt with an ``output_schema``),
-``label`` (the name in results; default the metric name, ``name[field]`` for other fields) and
-the metric's own keyword options.
+output text; a component a target returned, such as ``context``; or a top-level key of the
+JSON output of a prompt with an ``output_schema``), ``reference`` (what to compare with:
+``expected`` (default), ``expected.KEY``, ``vars.KEY`` or ``metadata.KEY`` of the case),
+``label`` (the name in results; default the metric name, ``name[field]`` for other fields),
+``aggregate`` (how a conversation's per-turn scores make its per-task score: ``mean``,
+``min``, ``max`` or ``last``), ``pass_at`` (list of k: with epochs, pass@k of this 0/1 metric
+over each case's epochs, by the unbiased estimator) and the metric's own keyword options.
+
+**Prompts** are prompt files, or inline: ``{name, user, system}`` for a chat, or
+``{name, text}`` for a raw completion prompt (no chat template; the text is sent exactly as
+rendered, trailing whitespace included).
+
+**Targets.** By default a sample is one model call. ``target: file.py:function`` (relative to
+the suite) or ``package.module:function`` names a Python function that produces the output
+instead, e.g. a RAG pipeline: ``fn(model, request, case) -> Completion | dict``. A dict holds
+``final`` (a Completion or text) plus any named intermediate outputs (``context``,
+``retrieved_ids``, ...), each stored with the sample and scorable by a metric's ``field``.
+
+**Conversations.** A case with ``turns`` (a list of ``{user, expected}`` or plain strings) is
+a multi-turn task: the prompt is the first turn (compared with the case's ``expected``), then
+each turn's user message (a template over the case's variables) is added after the model's
+previous reply. Every metric scores every turn that has what it needs (per-turn scores); the
+sample's score is their ``aggregate`` (per-task score).
 
 Everything is checked when the suite is loaded, before any model runs: a typo'd key, a missing
 dataset file, an unknown metric, metric option or prompt, a case missing a variable a prompt
@@ -39,9 +59,10 @@ import difflib
 import hashlib
 import inspect
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from jinja2 import StrictUndefined, TemplateSyntaxError, meta
@@ -54,6 +75,7 @@ from pydantic import (
     InstanceOf,
     PrivateAttr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -64,7 +86,7 @@ from fmstack.prompts.files import PromptFile
 # Same rules as prompt files: sandboxed (a suite is data) and strict (a typo'd variable fails).
 _ENV = SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=False,
                             autoescape=False)
-_CASE_KEYS = ("id", "expected", "metadata")
+_CASE_KEYS = ("id", "expected", "metadata", "turns")
 
 
 class ModelConfig(BaseModel):
@@ -76,12 +98,22 @@ class ModelConfig(BaseModel):
 
 
 class InlinePromptConfig(BaseModel):
-    """A prompt written inside the suite: a user template and an optional system template."""
+    """A prompt written inside the suite: a user template and an optional system template, or
+    ``text``, a raw completion prompt."""
 
     model_config = ConfigDict(extra="forbid")
     name: str
-    user: str
+    user: str | None = None
     system: str | None = None
+    text: str | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> InlinePromptConfig:
+        if (self.user is None) == (self.text is None):
+            raise ValueError("an inline prompt needs 'user' (a chat) or 'text' (a raw prompt)")
+        if self.text is not None and self.system is not None:
+            raise ValueError("a raw 'text' prompt has no 'system' message")
+        return self
 
 
 class MetricConfig(BaseModel):
@@ -91,7 +123,10 @@ class MetricConfig(BaseModel):
     name: str
     threshold: float | None = None
     field: str = "final"
+    reference: str = "expected"
     label: str | None = None
+    aggregate: Literal["mean", "min", "max", "last"] = "mean"
+    pass_at: list[Annotated[int, Field(ge=1)]] = []
 
     @property
     def options(self) -> dict[str, Any]:
@@ -104,14 +139,30 @@ class MetricConfig(BaseModel):
         return self.name if self.field == "final" else f"{self.name}[{self.field}]"
 
 
+class Turn(BaseModel):
+    """A follow-up user message of a conversation case, and what its reply should match."""
+
+    model_config = ConfigDict(extra="forbid")
+    user: str
+    expected: Any = None
+
+
 class Case(BaseModel):
-    """One dataset row."""
+    """One dataset row; with ``turns``, a conversation."""
 
     model_config = ConfigDict(extra="forbid")
     id: str | int | None = None
     vars: dict[str, Any] = {}
     expected: Any = None
     metadata: dict[str, Any] = {}
+    turns: list[Turn] | None = None
+
+    @field_validator("turns", mode="before")
+    @classmethod
+    def _plain_turns(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"user": t} if isinstance(t, str) else t for t in value]
+        return value
 
 
 class Suite(BaseModel):
@@ -131,6 +182,7 @@ class Suite(BaseModel):
     concurrency: int = Field(1, ge=1)
     metrics: list[str | MetricConfig] = Field(min_length=1)
     slices: list[str] = []
+    target: str | InstanceOf[Callable[..., Any]] | None = None
     base_dir: Path | None = Field(None, exclude=True)
     path: Path | None = Field(None, exclude=True)  # the suite file, when loaded from one
     _lines: dict[tuple[str | int, ...], int] = PrivateAttr(default_factory=dict)
@@ -160,26 +212,47 @@ class SuitePrompt:
     file: PromptFile | None = None
     user: str | None = None
     system: str | None = None
+    text: str | None = None  # a raw completion prompt
 
     def request(self, vars: dict[str, Any], **params: Any) -> Request:
         if self.file is not None:
             mine = {k: v for k, v in vars.items() if k in self.file.inputs}
             return self.file.request(mine, **params)
+        tags = {"prompt": self.name, "prompt_version": self.version}
+        if self.text is not None:
+            # Sent exactly as rendered: a code prompt's trailing newline and indentation matter.
+            prompt = render(self.text, vars, f"inline prompt {self.name}", strip=False)
+            return Request(prompt=prompt, params=SamplingParams(**params), tags=tags)
         messages = []
         for role, source in (("system", self.system), ("user", self.user)):
-            if source is None:
-                continue
-            try:
-                text = _ENV.from_string(source).render(vars).strip()
-            except TemplateError as e:
-                raise PromptError(f"inline prompt {self.name}: rendering {role}: {e}") from None
-            messages.append(Message(role=role, content=text))
-        return Request(messages=messages, params=SamplingParams(**params),
-                       tags={"prompt": self.name, "prompt_version": self.version})
+            if source is not None:
+                content = render(source, vars, f"inline prompt {self.name}: {role}")
+                messages.append(Message(role=role, content=content))
+        return Request(messages=messages, params=SamplingParams(**params), tags=tags)
 
     @property
     def output_schema(self) -> dict[str, Any] | None:
         return self.file.output_schema if self.file is not None else None
+
+
+def render(source: str, vars: dict[str, Any], what: str, *, strip: bool = True) -> str:
+    """Render an inline template (a prompt or a conversation turn) with the suite's rules."""
+    try:
+        text = _ENV.from_string(source).render(vars)
+    except TemplateError as e:
+        raise PromptError(f"{what}: rendering: {e}") from None
+    return text.strip() if strip else text
+
+
+@dataclass
+class Target:
+    """A Python function that produces a sample's output (see the module doc). ``fingerprint``
+    (a hash of its source) is part of the suite hash and the cache key, so editing the
+    function re-runs it instead of serving stale cached outputs."""
+
+    name: str
+    fn: Callable[..., Any]
+    fingerprint: str
 
 
 @dataclass
@@ -199,6 +272,7 @@ class ResolvedSuite:
     cases: list[Case]  # ids filled in, as strings
     metrics: list[ResolvedMetric]
     params: dict[str, Any]
+    target: Target | None = None
     config: dict[str, Any] = field(default_factory=dict)
     hash: str = ""
 
@@ -265,7 +339,7 @@ def _where(file: str, lines: dict[tuple[str | int, ...], int],
 
 
 _MODELS: dict[str, type[BaseModel]] = {
-    c.__name__: c for c in (ModelConfig, InlinePromptConfig, MetricConfig, Case)
+    c.__name__: c for c in (ModelConfig, InlinePromptConfig, MetricConfig, Case, Turn)
 }
 
 
@@ -281,8 +355,10 @@ def _explain(e: ValidationError, root: type[BaseModel]) -> tuple[tuple[str | int
     owner: type[BaseModel] = root
     loc: list[str | int] = []
     for p in err["loc"]:
-        if isinstance(p, str) and p in _MODELS:
-            owner = _MODELS[p]
+        # A model with an after-validator shows up as "function-after[_check(), Name]".
+        name = p.rstrip("]").rpartition(" ")[2] if isinstance(p, str) else None
+        if name in _MODELS:
+            owner = _MODELS[name]
         elif not (isinstance(p, str) and (p == "str" or "[" in p)):
             loc.append(p)
     msg = str(err["msg"]).removeprefix("Value error, ")
@@ -318,25 +394,27 @@ def _resolve(suite: Suite, lines: dict[tuple[str | int, ...], int]) -> ResolvedS
     _unique([m.uri for m in models], "model", at("models"))
     metrics = _metrics(suite, at)
     cases = _cases(suite, base, file, lines, prompts)
+    target = _target(suite.target, base, at("target")) if suite.target is not None else None
     config = {
         "name": suite.name, "description": suite.description,
         "models": [m.model_dump() for m in models],
         "prompts": [{"name": p.name, "version": p.version,
                      "path": str(p.file.path) if p.file and p.file.path else None,
-                     "user": p.user, "system": p.system} for p in prompts],
+                     "user": p.user, "system": p.system, "text": p.text} for p in prompts],
         "params": suite.params, "epochs": suite.epochs, "seed": suite.seed,
         "concurrency": suite.concurrency,
         "metrics": [{"key": m.key, **m.config.model_dump(), **m.config.options}
                     for m in metrics],
         "slices": suite.slices,
-        "cases": [c.model_dump() for c in cases],
+        "target": {"name": target.name, "fingerprint": target.fingerprint} if target else None,
+        "cases": [c.model_dump(exclude_none=True) for c in cases],
     }
     # Concurrency changes nothing in the results, so it is not part of the identity.
     ident = {k: v for k, v in config.items() if k not in ("concurrency", "description")}
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
     return ResolvedSuite(suite=suite, models=models, prompts=prompts, cases=cases,
-                         metrics=metrics, params=dict(suite.params), config=config,
-                         hash=digest[:16])
+                         metrics=metrics, params=dict(suite.params), target=target,
+                         config=config, hash=digest[:16])
 
 
 def _check_model(uri: str, where: str) -> None:
@@ -364,17 +442,13 @@ def _prompt(entry: str | InlinePromptConfig | PromptFile, base: Path, where: str
         return _file_prompt(entry)
     if isinstance(entry, InlinePromptConfig):
         required: set[str] = set()
-        for role, source in (("user", entry.user), ("system", entry.system)):
-            if source is None:
-                continue
-            try:
-                required |= meta.find_undeclared_variables(_ENV.parse(source))
-            except TemplateSyntaxError as e:
-                raise ConfigError(f"{where} inline prompt {entry.name}: Jinja syntax error in "
-                                  f"{role}: {e.message}") from None
-        content = json.dumps([entry.system, entry.user])
+        for role, source in (("user", entry.user), ("system", entry.system),
+                             ("text", entry.text)):
+            if source is not None:
+                required |= _variables(source, f"{where} inline prompt {entry.name}: {role}")
+        content = json.dumps([entry.system, entry.user, entry.text])
         return SuitePrompt(name=entry.name, required=sorted(required), user=entry.user,
-                           system=entry.system,
+                           system=entry.system, text=entry.text,
                            version=hashlib.sha256(content.encode()).hexdigest()[:12])
     from fmstack.prompts.library import PromptLibrary
 
@@ -385,6 +459,54 @@ def _prompt(entry: str | InlinePromptConfig | PromptFile, base: Path, where: str
         return _file_prompt(PromptLibrary().get(entry))
     except PromptError as e:
         raise ConfigError(f"{where} {e}") from None
+
+
+def _variables(source: str, what: str) -> set[str]:
+    try:
+        return set(meta.find_undeclared_variables(_ENV.parse(source)))
+    except TemplateSyntaxError as e:
+        raise ConfigError(f"{what}: Jinja syntax error: {e.message}") from None
+
+
+def _target(entry: str | Callable[..., Any], base: Path, where: str) -> Target:
+    """Import ``file.py:function`` (relative to the suite) or ``module:function``."""
+    import importlib
+    import importlib.util
+
+    if callable(entry):
+        fn, name = entry, f"{entry.__module__}:{getattr(entry, '__qualname__', repr(entry))}"
+    else:
+        module_name, sep, attr = entry.rpartition(":")
+        if not sep or not module_name or not attr:
+            raise ConfigError(f"{where} target {entry!r} must be 'file.py:function' or "
+                              "'package.module:function'")
+        name = entry
+        try:
+            if module_name.endswith(".py"):
+                path = (base / module_name).resolve()
+                if not path.is_file():
+                    raise ConfigError(f"{where} target file {path} does not exist")
+                spec = importlib.util.spec_from_file_location(
+                    f"fmstack_target_{hashlib.sha256(str(path).encode()).hexdigest()[:8]}", path)
+                assert spec is not None and spec.loader is not None
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+            else:
+                module = importlib.import_module(module_name)
+        except ConfigError:
+            raise
+        except Exception as e:  # the user's module failed to import: say where and why
+            raise ConfigError(f"{where} cannot import target {entry!r}: "
+                              f"{type(e).__name__}: {e}") from None
+        found = getattr(module, attr, None)
+        if not callable(found):
+            raise ConfigError(f"{where} target {entry!r}: {module_name} has no function {attr!r}")
+        fn = found
+    try:
+        source = inspect.getsource(fn)
+    except (OSError, TypeError):  # a builtin or a lambda typed in a REPL: identity by name only
+        source = name
+    return Target(name=name, fn=fn, fingerprint=hashlib.sha256(source.encode()).hexdigest()[:12])
 
 
 def _file_prompt(p: PromptFile) -> SuitePrompt:
@@ -409,6 +531,16 @@ def _metrics(suite: Suite, at: Any) -> list[ResolvedMetric]:
             known = ", ".join(sorted(allowed)) or "none"
             raise ConfigError(f"{at('metrics', i)} metric {config.name} has no option "
                               f"{', '.join(unknown)} (options: {known})")
+        head = config.reference.split(".", 1)
+        if head[0] not in ("expected", "vars", "metadata") or (head[0] != "expected"
+                                                                 and len(head) == 1):
+            raise ConfigError(f"{at('metrics', i)} metric {config.name}: reference "
+                              f"{config.reference!r} must be expected, expected.KEY, vars.KEY "
+                              "or metadata.KEY")
+        if config.pass_at and suite.epochs < max(config.pass_at):
+            raise ConfigError(f"{at('metrics', i)} metric {config.name}: pass_at "
+                              f"{max(config.pass_at)} needs at least that many epochs "
+                              f"(the suite has {suite.epochs})")
         out.append(ResolvedMetric(key=config.key, config=config, spec=spec))
     _unique([m.key for m in out], "metric", at("metrics"))
     return out
@@ -442,6 +574,15 @@ def _cases(suite: Suite, base: Path, file: str, lines: dict[tuple[str | int, ...
                     prompt.file.check_inputs(mine)
                 except PromptError as e:
                     raise ConfigError(f"{where} case {case_id}: {e}") from None
+            if case.turns and prompt.text is not None:
+                raise ConfigError(f"{where} case {case_id} is a conversation (turns) but prompt "
+                                  f"{prompt.name} is a raw text prompt; use a chat prompt")
+        for n, turn in enumerate(case.turns or [], start=2):
+            missing = sorted(_variables(turn.user, f"{where} case {case_id} turn {n}")
+                             - set(case.vars))
+            if missing:
+                raise ConfigError(f"{where} case {case_id} turn {n} needs variable "
+                                  f"{', '.join(missing)}")
         cases.append(case.model_copy(update={"id": case_id}))
     return cases
 

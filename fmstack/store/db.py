@@ -91,6 +91,12 @@ MIGRATIONS: list[str] = [
         created_at TEXT NOT NULL
     );
     """,
+    # v4: a sample's intermediate outputs (a target's components, e.g. retrieved context) and,
+    # for a conversation, each turn with its own output and scores.
+    """
+    ALTER TABLE eval_samples ADD COLUMN components TEXT;
+    ALTER TABLE eval_samples ADD COLUMN turns TEXT;
+    """,
 ]
 
 

@@ -24,9 +24,9 @@ from fmstack.store.db import connect
 RUN_STATUSES = ("running", "finished", "interrupted", "failed")
 SAMPLE_COLUMNS = (
     "sample_key", "case_id", "model", "prompt", "epoch", "input", "expected", "output", "scores",
-    "metadata", "status", "error", "trace_id", "latency_s", "cost",
+    "metadata", "status", "error", "trace_id", "latency_s", "cost", "components", "turns",
 )
-_JSON_COLUMNS = ("input", "expected", "scores", "metadata")
+_JSON_COLUMNS = ("input", "expected", "scores", "metadata", "components", "turns")
 
 
 def _now() -> str:

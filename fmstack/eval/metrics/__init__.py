@@ -20,6 +20,10 @@ perplexity               [1, inf)    per token, lower is better, tokenizer-depen
 bits_per_byte            [0, inf)    lower is better, comparable across tokenizers
 latency, ttft, tpot      [0, inf)    seconds, from ``Completion.timings``
 cost                     [0, inf)    USD, from ``Completion.cost``
+hit_rate_at_k, mrr       [0, 1]      retrieval: ranked ids vs relevant ids (``retrieval``)
+recall_at_k, ndcg_at_k   [0, 1]      nDCG with linear gains; ``k`` option (default 10)
+precision_at_k           [0, 1]      denominator k
+average_precision        [0, 1]      mean over queries = MAP
 =======================  ==========  =====================================================
 """
 
@@ -55,6 +59,14 @@ from fmstack.eval.metrics.overlap import (
     rouge_l,
 )
 from fmstack.eval.metrics.registry import METRICS, MetricSpec, get_metric, metric, metric_names
+from fmstack.eval.metrics.retrieval import (
+    average_precision,
+    hit_rate_at_k,
+    mrr,
+    ndcg_at_k,
+    precision_at_k,
+    recall_at_k,
+)
 from fmstack.eval.metrics.text import (
     contains,
     exact_match,
@@ -70,6 +82,7 @@ __all__ = [
     "LMScore",
     "MetricSpec",
     "SemanticSimilarity",
+    "average_precision",
     "bits_per_byte",
     "bits_per_byte_from_logprobs",
     "bleu",
@@ -83,17 +96,22 @@ __all__ = [
     "exact_match",
     "extract_number",
     "get_metric",
+    "hit_rate_at_k",
     "json_schema_valid",
     "json_valid",
     "latency",
     "lm_score",
     "metric",
     "metric_names",
+    "mrr",
+    "ndcg_at_k",
     "normalize",
     "numeric_match",
     "output_tokens_per_second",
     "perplexity",
     "perplexity_from_logprobs",
+    "precision_at_k",
+    "recall_at_k",
     "regex_match",
     "rouge",
     "rouge1",
