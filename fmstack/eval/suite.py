@@ -347,19 +347,24 @@ def _explain(e: ValidationError, root: type[BaseModel]) -> tuple[tuple[str | int
     """The one error worth reporting, as (path in the YAML, message). A typo'd key also makes
     the real key "missing", and an entry that may be a string or a mapping fails both ways:
     the unknown key, and the mapping's own complaint, are the real news."""
+    def model_of(p: str | int) -> str | None:
+        # A model with an after-validator shows up as "function-after[_check(), Name]".
+        name = p.rstrip("]").rpartition(" ")[2] if isinstance(p, str) else None
+        return name if name in _MODELS else None
+
+    def branch(p: str | int) -> bool:  # a union member's label, not a key in the YAML
+        return isinstance(p, str) and (p == "str" or "[" in p) and model_of(p) is None
+
     def rank(err: Any) -> tuple[bool, bool]:
-        branch_str = any(p == "str" or (isinstance(p, str) and "[" in p) for p in err["loc"])
-        return err["type"] != "extra_forbidden", branch_str
+        return err["type"] != "extra_forbidden", any(branch(p) for p in err["loc"])
 
     err = sorted(e.errors(), key=rank)[0]
     owner: type[BaseModel] = root
     loc: list[str | int] = []
     for p in err["loc"]:
-        # A model with an after-validator shows up as "function-after[_check(), Name]".
-        name = p.rstrip("]").rpartition(" ")[2] if isinstance(p, str) else None
-        if name in _MODELS:
+        if (name := model_of(p)) is not None:
             owner = _MODELS[name]
-        elif not (isinstance(p, str) and (p == "str" or "[" in p)):
+        elif not branch(p):
             loc.append(p)
     msg = str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
