@@ -13,6 +13,7 @@ import pytest
 
 from fmstack.errors import ConfigError
 from fmstack.eval.passk import pass_at_k
+from fmstack.eval.report import html_report, markdown_report
 from fmstack.eval.runner import run_suite
 from fmstack.eval.suite import Case, InlinePromptConfig, ModelConfig, Suite, load_suite
 from fmstack.store.evals import EvalStore
@@ -26,6 +27,12 @@ CITY = InlinePromptConfig(name="city", system="Answer with the city name only.",
 def samples(run_id: str) -> list[dict[str, Any]]:
     with EvalStore() as store:
         return store.samples(run_id)
+
+
+def reports(run_id: str) -> tuple[str, str]:
+    with EvalStore() as store:
+        run, stored = store.get_run(run_id), store.samples(run_id)
+    return markdown_report(run, stored), html_report(run, stored)
 
 
 def traces() -> list[dict[str, Any]]:
@@ -74,6 +81,11 @@ def test_conversation_scores_every_turn_and_the_task() -> None:
     assert len(turns) == 2 and turns[0]["n"] == 2 and turns[1]["n"] == 2
     first = [by_case[c]["turns"][0]["scores"]["contains"] for c in ("fr", "es")]
     assert turns[0]["mean"] == pytest.approx(sum(first) / 2)
+
+    md, page = reports(result.run_id)
+    assert "## By turn (conversations)" in md
+    assert "| 2 | smollm2 · city | 2 | 0 |" in md  # turn 2: both cases scored
+    assert "turn 3" in page and "And of Germany?" in page
 
     again = run_suite(conversation_suite(), progress=False)  # every turn from the cache
     assert again.model_calls == 0 and again.cache_hits == 5
@@ -128,6 +140,7 @@ def test_a_target_exposes_components_that_metrics_score(tmp_path: Path) -> None:
     # The context holds the expected answer, and the retrieved ids hold the relevant doc.
     assert all(s["scores"]["context_has_answer"] == 1.0 for s in by_case.values())
     assert all(s["scores"]["hit"] == 1.0 for s in by_case.values())
+    assert "component retrieved" in reports(result.run_id)[1]
     # The pipeline really called the model with the retrieved context in the prompt.
     prompts = [m["content"] for t in traces() for m in t["messages"] or [] if m["role"] == "user"]
     assert any(p.startswith("Paris is the capital of France.") for p in prompts)
@@ -186,6 +199,8 @@ def test_pass_at_k_over_epochs_matches_the_estimator() -> None:
         want = sum(pass_at_k(n, c, k) for n, c in counts.values()) / 2
         assert got[str(k)] == pytest.approx(want)
     assert got["1"] == pytest.approx(result.summary["contains"]["mean"])  # pass@1 = mean
+    md = reports(result.run_id)[0]
+    assert "contains pass@3" in md and f"{got['3']:.3f}" in md
 
 
 @pytest.mark.parametrize(("fragment", "words"), [

@@ -283,7 +283,8 @@ def _summary_json(summary: Summary, asdict: Any) -> dict[str, Any]:
             "failures": [{"model": g[0], "prompt": g[1], "metric": m, "mean": mean,
                           "threshold": limit} for g, m, mean, limit in summary.failures()],
             "slices": {name: {value: table(t) for value, t in values.items()}
-                       for name, values in summary.slices.items()}}
+                       for name, values in summary.slices.items()},
+            "turns": {turn: table(t) for turn, t in summary.turns.items()}}
 
 
 def _print_summary(run_row: dict[str, Any], samples: list[dict[str, Any]]) -> Summary:
@@ -327,6 +328,10 @@ def _print_summary(run_row: dict[str, Any], samples: list[dict[str, Any]]) -> Su
     for name, values in summary.slices.items():
         console.print(f"\nby {name}", style="bold", markup=False)
         console.print(table(name, list(values.items())))
+    if summary.turns:
+        console.print("\nby turn (conversations; the table above is per task)", style="bold",
+                      markup=False)
+        console.print(table("turn", list(summary.turns.items())))
     if errors:
         console.print(f"\n{errors} errored samples: fmstack eval run SUITE --resume "
                       f"{run_row['id']} --retry-errors", style="dim", markup=False)

@@ -92,7 +92,8 @@ def json_column(sample: Mapping[str, Any], name: str) -> Any:
     value = sample.get(name)
     # Only the columns that always hold a JSON object: a plain-text ``expected`` of "42" must
     # stay the string it is.
-    if isinstance(value, str) and name in ("scores", "metadata", "config", "summary"):
+    if isinstance(value, str) and name in ("scores", "metadata", "config", "summary",
+                                           "components", "turns"):
         try:
             return json.loads(value)
         except ValueError:

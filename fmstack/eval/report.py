@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fmstack.eval.compare import higher_is_better, json_column, numeric_scores, suite_metrics
+from fmstack.eval.passk import pass_at_from_scores
 
 Group = tuple[str, str]  # (model, prompt)
 
@@ -56,6 +57,7 @@ class Summary:
     slices: dict[str, dict[str, Table]]  # field -> value -> table
     # metric -> (threshold, higher_is_better), for the suite metrics that set a threshold
     thresholds: dict[str, tuple[float, bool]] = field(default_factory=dict)
+    turns: dict[str, Table] = field(default_factory=dict)  # turn number -> per-turn scores
 
     def misses(self, metric: str, stat: Stat | None) -> bool:
         """Whether ``stat`` misses the metric's threshold (False when it has none)."""
@@ -90,7 +92,10 @@ def _stat(per_case: Mapping[str, list[float]]) -> Stat:
     return Stat(mean, stderr, k)
 
 
-def _table(samples: Sequence[Mapping[str, Any]]) -> Table:
+def _table(samples: Sequence[Mapping[str, Any]],
+           pass_at: Mapping[str, Sequence[int]] | None = None) -> Table:
+    """Per-group stats; ``pass_at`` (metric -> ks) adds ``METRIC pass@K`` over each case's
+    epochs (n = the cases that have K scores; no stderr)."""
     # group -> metric -> case -> values
     acc: dict[Group, dict[str, dict[str, list[float]]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(list)))
@@ -104,7 +109,33 @@ def _table(samples: Sequence[Mapping[str, Any]]) -> Table:
         for metric, value in numeric_scores(s).items():
             acc[g][metric][str(s.get("case_id"))].append(value)
     table.stats = {g: {m: _stat(cases) for m, cases in ms.items()} for g, ms in acc.items()}
+    for g, ms in acc.items():
+        for metric, ks in (pass_at or {}).items():
+            for k in ks:
+                estimate = pass_at_from_scores(ms.get(metric, {}).values(), k)
+                if estimate is not None:
+                    n = sum(len(v) >= k for v in ms[metric].values())
+                    table.stats[g][pass_at_key(metric, k)] = Stat(estimate, None, n)
     return table
+
+
+def pass_at_key(metric: str, k: int) -> str:
+    return f"{metric} pass@{k}"
+
+
+def _turn_tables(samples: Sequence[Mapping[str, Any]]) -> dict[str, Table]:
+    """Conversation samples' per-turn scores as one table per turn number."""
+    by_turn: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
+    for s in samples:
+        if s.get("status", "ok") != "ok":
+            continue
+        turns = s.get("turns")
+        turns = json.loads(turns) if isinstance(turns, str) else turns
+        for t in turns or []:
+            by_turn[int(t["turn"])].append({"model": s.get("model"), "prompt": s.get("prompt"),
+                                            "case_id": s.get("case_id"),
+                                            "scores": t.get("scores") or {}})
+    return {str(n): _table(by_turn[n]) for n in sorted(by_turn)}
 
 
 def _slice_value(sample: Mapping[str, Any], name: str) -> str:
@@ -132,16 +163,21 @@ def summarize(
     scored = {m for s in samples for m in numeric_scores(s)}
     # The suite's order first (the order its author chose), then anything else by name.
     names = [k for k in (metrics or {}) if k in scored] + sorted(scored - set(metrics or {}))
+    pass_at = {key: [int(k) for k in e["pass_at"]] for key, e in (metrics or {}).items()
+               if key in scored and e.get("pass_at")}
+    names = [n for key in names for n in (key, *(pass_at_key(key, k) for k in
+                                                 pass_at.get(key, [])))]
     groups = sorted({(str(s.get("model")), str(s.get("prompt"))) for s in samples})
     by_slice: dict[str, dict[str, Table]] = {}
     for name in slices:
         buckets: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
         for s in samples:
             buckets[_slice_value(s, name)].append(s)
-        by_slice[name] = {value: _table(buckets[value]) for value in sorted(buckets)}
+        by_slice[name] = {value: _table(buckets[value], pass_at) for value in sorted(buckets)}
     thresholds = {key: (float(e["threshold"]), higher_is_better(key, metrics))
                   for key, e in (metrics or {}).items() if e.get("threshold") is not None}
-    return Summary(names, groups, _table(samples), by_slice, thresholds)
+    return Summary(names, groups, _table(samples, pass_at), by_slice, thresholds,
+                   _turn_tables(samples))
 
 
 def summarize_run(run: Mapping[str, Any], samples: Sequence[Mapping[str, Any]]) -> Summary:
@@ -231,6 +267,11 @@ def markdown_report(run: Mapping[str, Any], samples: Sequence[Mapping[str, Any]]
         for i, (value, table) in enumerate(values.items()):
             rows = _md_table(table, summary, lead=(name, value))
             lines += rows if i == 0 else rows[2:]  # one header for all the values
+    if summary.turns:
+        lines += ["", "## By turn (conversations)", ""]
+        for i, (turn, table) in enumerate(summary.turns.items()):
+            rows = _md_table(table, summary, lead=("turn", turn))
+            lines += rows if i == 0 else rows[2:]
     return "\n".join(lines) + "\n"
 
 
@@ -339,6 +380,13 @@ def _pre(value: Any) -> str:
     return f"<pre>{_e(text)}</pre>"
 
 
+def _turn_html(t: Mapping[str, Any]) -> str:
+    scores = ", ".join(f"{k} {v:.3f}" for k, v in sorted((t.get("scores") or {}).items()))
+    return (f"<p><b>turn {_e(t.get('turn'))}</b> <span class=meta>{_e(scores)}</span></p>"
+            f"user {_pre(t.get('user'))}assistant {_pre(t.get('output'))}"
+            + (f"expected {_pre(t.get('expected'))}" if t.get("expected") is not None else ""))
+
+
 def _sample_html(s: Mapping[str, Any]) -> str:
     status = str(s.get("status", "ok"))
     scores = numeric_scores(s)
@@ -350,6 +398,12 @@ def _sample_html(s: Mapping[str, Any]) -> str:
             ("expected", _pre(json_column(s, "expected"))),
             ("output", _pre(s.get("output"))),
             ("scores", _pre(json_column(s, "scores")))]
+    components = json_column(s, "components")
+    if components:
+        rows += [(f"component {_e(k)}", _pre(v)) for k, v in components.items()]
+    turns = json_column(s, "turns")
+    if turns:
+        rows.append(("turns", "".join(_turn_html(t) for t in turns)))
     if s.get("error"):
         rows.append(("error", f"<pre class=err>{_e(s.get('error'))}</pre>"))
     meta = json_column(s, "metadata")
@@ -391,6 +445,11 @@ def html_report(run: Mapping[str, Any], samples: Sequence[Mapping[str, Any]]) ->
                      + "".join(_bar_chart(m, summary) for m in summary.metrics) + "</div>")
     for slice_name, values in summary.slices.items():
         parts += [f"<h2>By {_e(slice_name)}</h2>", _slice_html(slice_name, values, summary)]
+    if summary.turns:
+        parts += ["<h2>By turn (conversations)</h2>",
+                  "<p class=meta>each turn's reply scored against that turn's expected value; "
+                  "the tables above hold the per-task scores</p>",
+                  _slice_html("turn", summary.turns, summary)]
     ordered = sorted(samples, key=lambda s: (s.get("status", "ok") == "ok", str(s.get("model")),
                                              str(s.get("prompt")), str(s.get("case_id")),
                                              int(s.get("epoch") or 0)))

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fmstack.errors import ConfigError, FmstackError
-from fmstack.eval.passk import pass_at_k
+from fmstack.eval.passk import pass_at_from_scores
 from fmstack.eval.suite import (
     Case,
     ModelConfig,
@@ -541,15 +541,8 @@ def _stats(samples: Iterable[dict[str, Any]], rs: ResolvedSuite) -> dict[str, An
 
 
 def _pass_at(per_case: Iterable[list[float]], ks: list[int]) -> dict[str, float | None]:
-    """Mean unbiased pass@k over the cases that have at least k scored epochs; a score of 1
-    (exactly, up to rounding) is a pass."""
-    counts = [(len(v), sum(x >= 1 - 1e-9 for x in v)) for v in per_case]
-    out: dict[str, float | None] = {}
-    for k in sorted(set(ks)):
-        usable = [(n, c) for n, c in counts if n >= k]
-        out[str(k)] = (sum(pass_at_k(n, c, k) for n, c in usable) / len(usable)
-                       if usable else None)
-    return out
+    cases = list(per_case)
+    return {str(k): pass_at_from_scores(cases, k) for k in sorted(set(ks))}
 
 
 def turn_stats(samples: Iterable[dict[str, Any]], rs: ResolvedSuite) -> dict[str, Any]:
