@@ -156,8 +156,7 @@ def humaneval(limit: int, opts: dict[str, Any]) -> dict[str, Any]:
     return {"limit": limit, "n": 5, "temperature": 0.8, "max_tokens": 300,
             "pass@1": d["pass_at"]["pass@1"], "pass@5": d["pass_at"]["pass@5"],
             "problems_with_a_pass": sum(c > 0 for _, c in h.counts.values()),
-            "seconds_generate": round(h.seconds_generate, 1),
-            "seconds_check": round(h.seconds_check, 1)}
+            "errors": h.errors, "seconds": round(h.seconds, 1), "run_id": h.run_id}
 
 
 

@@ -13,7 +13,9 @@ from fmstack.cli import app
 from fmstack.errors import ConfigError
 from fmstack.eval import benchmarks as b
 from fmstack.eval.metrics.numeric import extract_number, numeric_match
+from fmstack.eval.metrics.code import passes_tests
 from fmstack.eval.passk import evaluate_completions, pass_at_k
+from fmstack.store.evals import EvalStore
 from fmstack.store.evals import EvalStore
 
 OPTS = {"n_threads": 2}
@@ -62,6 +64,14 @@ def test_humaneval_samples_go_through_the_sandbox_and_our_pass_at_k() -> None:
         expected = sum(pass_at_k(n, c, k) for n, c in result.counts.values()) / 2
         assert result.pass_at[k] == pytest.approx(expected)
     assert all(n == 2 for n, _ in result.counts.values())
+    # The samples are in the eval store (a report works on them) and a re-run is free.
+    with EvalStore() as store:
+        stored = store.samples(result.run_id)
+    assert len(stored) == 4 and {s["epoch"] for s in stored} == {0, 1}
+    assert stored[0]["input"]["prompt"] == b.humaneval_problems(1)["HumanEval/0"]["prompt"]
+    again = b.run_humaneval("smollm2", limit=2, n=2, temperature=0.8, ks=(1, 2),
+                            max_tokens=48, options=OPTS)
+    assert again.model_calls == 0 and again.pass_at == result.pass_at
     with pytest.raises(ConfigError, match="temperature"):
         b.run_humaneval("smollm2", limit=1, n=2, temperature=0.0)
 
@@ -72,6 +82,19 @@ def test_humaneval_canonical_solutions_pass_and_a_stub_fails() -> None:
     assert evaluate_completions(problems, good).pass_at[1] == 1.0
     stub = {t: ["    return None\n"] for t in problems}
     assert evaluate_completions(problems, stub).pass_at[1] == 0.0
+
+
+def test_passes_tests_unwraps_a_fenced_whole_function() -> None:
+    problem = b.humaneval_problems(limit=1)["HumanEval/0"]
+    whole = problem["prompt"] + problem["canonical_solution"]
+    chatty = f"Here is the function:\n```python\n{whole}```\nIt compares every pair."
+    assert passes_tests(problem["canonical_solution"], problem) == 1.0  # a continuation
+    assert passes_tests(chatty, problem) == 1.0
+    assert passes_tests(chatty, problem, extract_code=False) == 0.0  # prose is a syntax error
+    wrong = "```python\ndef has_close_elements(numbers, threshold):\n    return False\n```"
+    assert passes_tests(wrong, problem) == 0.0
+    with pytest.raises(ConfigError, match="needs a problem"):
+        passes_tests("x", "not a problem")  # type: ignore[arg-type]
 
 
 def test_chunk_text_keeps_every_byte_within_the_budget() -> None:

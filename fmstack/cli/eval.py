@@ -202,21 +202,24 @@ def bench(
     )] = None,
     max_tokens: Annotated[int | None, typer.Option(
         "--max-tokens", help="Tokens per answer (gsm8k 256, humaneval 384).")] = None,
+    chat: Annotated[bool, typer.Option(
+        "--chat", help="humaneval: ask a chat model for the whole function in a code fence "
+        "(default: the raw prompt, continued).")] = False,
     threads: Annotated[int | None, typer.Option(
         "--threads", help="CPU threads for a local model.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run a built-in benchmark: GSM8K exact match, HumanEval pass@k, Shakespeare bits/byte.
 
-    GSM8K runs as an eval suite (stored and cached: fmstack eval show RUN works on it)."""
+    GSM8K and HumanEval run as eval suites (stored and cached: fmstack eval show RUN works)."""
     with common.user_errors():
         from fmstack.eval import benchmarks as b
 
         if benchmark not in b.BENCHMARKS:
             raise ConfigError(f"unknown benchmark {benchmark!r}; choose from "
                               f"{', '.join(b.BENCHMARKS)}")
-        if benchmark != "humaneval" and (n != 1 or temperature is not None):
-            raise ConfigError("--n and --temperature apply to humaneval only")
+        if benchmark != "humaneval" and (n != 1 or temperature is not None or chat):
+            raise ConfigError("--n, --temperature and --chat apply to humaneval only")
         options: dict[str, Any] = {} if threads is None else {"n_threads": threads}
         result: Any
         if benchmark == "gsm8k":
@@ -228,9 +231,11 @@ def bench(
             temp = temperature if temperature is not None else (0.8 if n > 1 else 0.0)
             ks = tuple(k for k in (1, 10, 100) if k <= n)
             result = b.run_humaneval(model, limit=limit, n=n, temperature=temp, ks=ks,
-                                     max_tokens=max_tokens or 384, options=options)
+                                     max_tokens=max_tokens or 384, chat=chat, options=options,
+                                     progress=not as_json)
             line = f"HumanEval on {result.n_problems} problems, n={n}, T={temp:g}: " + \
-                ", ".join(f"pass@{k} {v:.3f}" for k, v in result.pass_at.items())
+                ", ".join(f"pass@{k} {v:.3f}" for k, v in result.pass_at.items()) + \
+                f" ({result.errors} errors), run {result.run_id}"
         else:
             if max_tokens is not None:
                 raise ConfigError("--max-tokens does not apply to shakespeare (it scores text)")

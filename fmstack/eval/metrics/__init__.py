@@ -24,11 +24,13 @@ hit_rate_at_k, mrr       [0, 1]      retrieval: ranked ids vs relevant ids (``re
 recall_at_k, ndcg_at_k   [0, 1]      nDCG with linear gains; ``k`` option (default 10)
 precision_at_k           [0, 1]      denominator k
 average_precision        [0, 1]      mean over queries = MAP
+passes_tests             {0, 1}      unit tests in the Sandbox (``code``); pass@k via epochs
 =======================  ==========  =====================================================
 """
 
 from __future__ import annotations
 
+from fmstack.eval.metrics.code import passes_tests, program_for
 from fmstack.eval.metrics.model import (
     LMScore,
     SemanticSimilarity,
@@ -108,9 +110,11 @@ __all__ = [
     "normalize",
     "numeric_match",
     "output_tokens_per_second",
+    "passes_tests",
     "perplexity",
     "perplexity_from_logprobs",
     "precision_at_k",
+    "program_for",
     "recall_at_k",
     "regex_match",
     "rouge",
