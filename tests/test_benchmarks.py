@@ -12,10 +12,9 @@ from typer.testing import CliRunner
 from fmstack.cli import app
 from fmstack.errors import ConfigError
 from fmstack.eval import benchmarks as b
-from fmstack.eval.metrics.numeric import extract_number, numeric_match
 from fmstack.eval.metrics.code import passes_tests
+from fmstack.eval.metrics.numeric import extract_number, numeric_match
 from fmstack.eval.passk import evaluate_completions, pass_at_k
-from fmstack.store.evals import EvalStore
 from fmstack.store.evals import EvalStore
 
 OPTS = {"n_threads": 2}
