@@ -406,7 +406,9 @@ def test_ids_stable_and_change_only_where_the_text_changed(name: str) -> None:
 def test_chunks_inherit_metadata_and_cite_pdf_pages() -> None:
     pages = ["First page text. " * 5, "Second page text. " * 5, "Third page. " * 5]
     starts = [0, len(pages[0]) + 2, len(pages[0]) + len(pages[1]) + 4]
-    doc = _doc("paper.pdf", "\n\n".join(pages), type="pdf", title="Paper", page_starts=starts)
+    doc = _doc(
+        "paper.pdf", "\n\n".join(pages), type="pdf", title="Paper", tags=["a"], page_starts=starts
+    )
     chunks = RecursiveChunker(size=60, overlap=0).split(doc)
     for chunk in chunks:
         assert chunk.metadata["title"] == "Paper"
@@ -416,8 +418,9 @@ def test_chunks_inherit_metadata_and_cite_pdf_pages() -> None:
         assert {"First": 1, "Second": 2, "Third": 3}[chunk.text.split()[0]] == expected
     spanning = FixedChunker(size=200, overlap=0).split(doc)[0]
     assert (spanning.metadata["page"], spanning.metadata["page_end"]) == (1, 3)
-    chunks[0].metadata["title"] = "changed"
-    assert doc.metadata["title"] == "Paper"
+    # Each chunk owns a copy: changing one's metadata changes neither the document nor others.
+    chunks[0].metadata["tags"].append("b")
+    assert doc.metadata["tags"] == chunks[1].metadata["tags"] == ["a"]
 
 
 def test_empty_and_tiny_documents() -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import pytest
@@ -333,13 +332,20 @@ def test_encodings(tmp_path: Path) -> None:
     }
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
-def test_unreadable_file_is_skipped(tmp_path: Path) -> None:
+def test_unreadable_file_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An OS error while reading (here a permission error, which root never gets from a
+    chmod, so it is raised for that one path) skips the file and names the cause."""
     (tmp_path / "ok.txt").write_text("fine")
     locked = tmp_path / "locked.txt"
     locked.write_text("secret")
-    locked.chmod(0)
+    read_bytes = Path.read_bytes
+
+    def guarded(self: Path) -> bytes:
+        if self.name == "locked.txt":
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", guarded)
     result = load(tmp_path)
     assert [d.id for d in result.documents] == ["ok.txt"]
-    assert result.skipped[0].path == "locked.txt"
-    assert result.skipped[0].reason.startswith("unreadable")
+    assert result.skipped == [Skipped("locked.txt", "unreadable: Permission denied")]

@@ -330,7 +330,8 @@ def _ends_sentence(text: str, m: re.Match[str]) -> bool:
         return False
     if m.group("end") != ".":
         return True
-    word = _LAST_WORD.search(text, 0, m.start("end"))
+    # A bounded look-back: searching from 0 would make splitting quadratic in the text length.
+    word = _LAST_WORD.search(text, max(0, m.start("end") - 40), m.start("end"))
     if word is None:
         return True
     w = word.group(1)
