@@ -102,6 +102,7 @@ def tree(tmp_path: Path) -> Path:
                 json.dumps(["not", "an", "object"]),
                 json.dumps({"id": 7, "text": "   "}),
                 json.dumps({"id": 8, "text": "Numeric id."}),
+                json.dumps({"id": 9, "text": 42}),
             ]
         )
         + "\n"
@@ -155,15 +156,16 @@ def test_directory_load_ids_metadata_and_skips(
         "rows.jsonl:6": "duplicate id 'q1' (first at 1)",
         "rows.jsonl:7": "not a JSON object",
         "rows.jsonl:8": "empty",
+        "rows.jsonl:10": "'text' field is int, not a string",
         "table.csv:3": "empty",
         "wrong.csv": "no 'text' column (columns: title, body)",
     }
     assert skipped["corrupt.pdf"].startswith("corrupt PDF (")
     assert skipped["rows.jsonl:4"].startswith("invalid JSON: ")
-    assert result.summary() == f"{len(EXPECTED_IDS)} documents, 12 skipped"
+    assert result.summary() == f"{len(EXPECTED_IDS)} documents, 13 skipped"
     # Each skip is a logged warning naming the file.
     warned = [r.getMessage() for r in caplog.records if r.name == "fmstack.rag.loaders"]
-    assert len(warned) == 12
+    assert len(warned) == 13
     assert "skipped binary.txt: binary file (contains NUL bytes)" in warned
 
     for doc in result.documents:

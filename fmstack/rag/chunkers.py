@@ -270,6 +270,8 @@ def recursive_spans(
     out: list[Span] = []
     small: list[Span] = []
     for piece in _split_at(text, start, end, separators[index]):
+        # "<", not "<=": a piece of exactly ``size`` is cut further, as LangChain does, so
+        # our chunks stay identical to the reference splitter's.
         if piece[1] - piece[0] < size:
             small.append(piece)
             continue

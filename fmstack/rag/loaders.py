@@ -17,8 +17,9 @@ Formats, chosen by extension:
   no HTML dependency is needed;
 - ``.pdf`` (pypdf, extra ``rag``): one document per file, pages joined by a blank line, and
   ``page_starts`` (the character offset where each page begins) so a chunk can cite its page;
-- ``.jsonl``: one document per line, text from ``text_field``, the other fields as metadata,
-  id ``file.jsonl#<id_field value or line number>``;
+- ``.jsonl``: one document per line, text from ``text_field``, the other fields as metadata
+  (where a field shares a name with a standard key below, the standard key wins), id
+  ``file.jsonl#<id_field value or line number>``; ids must be unique within a file;
 - ``.csv``: one document per row, the same way (row numbers count data rows from 1).
 
 Ids are paths relative to the loaded root (for a single file: its name), so re-loading the
@@ -175,8 +176,6 @@ def _load_file(file: Path, doc_id: str, result: LoadResult, text_field: str, id_
     except _Skip as e:
         _skip(result, doc_id, str(e))
         return
-    if not documents and kind not in ("jsonl", "csv"):
-        _skip(result, doc_id, "empty")
     result.documents.extend(documents)
 
 
@@ -355,8 +354,12 @@ def _row_document(
     place = f"{src.doc_id}:{where}"
     text = row.get(src.text_field)
     if not isinstance(text, str):
-        found = "no" if text is None else f"a {type(text).__name__}, not a string, as its"
-        _skip(src.skipped, place, f"{found} {src.text_field!r} field")
+        reason = (
+            f"no {src.text_field!r} field"
+            if text is None
+            else f"{src.text_field!r} field is {type(text).__name__}, not a string"
+        )
+        _skip(src.skipped, place, reason)
         return None
     if not text.strip():
         _skip(src.skipped, place, "empty")
