@@ -7,11 +7,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from fmstack.errors import ConfigError
+from fmstack.errors import ConfigError, MissingDependencyError
 from fmstack.rag.chunkers import RecursiveChunker
 from fmstack.rag.loaders import LoadResult, Skipped, load
 
@@ -351,3 +353,20 @@ def test_unreadable_file_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     result = load(tmp_path)
     assert [d.id for d in result.documents] == ["ok.txt"]
     assert result.skipped == [Skipped("locked.txt", "unreadable: Permission denied")]
+
+
+def test_missing_pypdf_names_the_extra(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pypdf", None)  # what an uninstalled package looks like
+    with pytest.raises(MissingDependencyError, match=r"pip install 'fmstack\[rag\]'"):
+        load(tree / "paper.pdf")
+
+
+def test_imports_stay_light() -> None:
+    """Loading the modules pulls in no heavy or optional package: they load on first use."""
+    code = (
+        "import sys, fmstack.rag.loaders, fmstack.rag.chunkers; "
+        "print(sorted({'numpy', 'pypdf', 'tokenizers', 'torch', 'bs4', "
+        "'langchain_text_splitters'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
