@@ -226,12 +226,55 @@ def test_bad_conversations_are_caught_at_load(tmp_path: Path) -> None:
     base = "name: bad\nmodels: [smollm2]\nmetrics: [contains]\n"
     path.write_text(base + "prompts: [{name: p, text: 'Hi {{ x }}'}]\n"
                     "cases: [{vars: {x: 1}, turns: [again]}]\n")
-    with pytest.raises(ConfigError, match="is a conversation .* raw text prompt"):
+    with pytest.raises(ConfigError, match=r"is a conversation .* raw text prompt"):
         load_suite(path)
     path.write_text(base + "prompts: [{name: p, user: 'Hi {{ x }}'}]\n"
                     "cases: [{vars: {x: 1}, turns: ['and {{ y }}?']}]\n")
     with pytest.raises(ConfigError, match="turn 2 needs variable y"):
         load_suite(path)
     path.write_text(base + "prompts: [{name: p, user: 'Hi', text: 'Hi'}]\ncases: [{}]\n")
-    with pytest.raises(ConfigError, match="needs 'user' .* or 'text'"):
+    with pytest.raises(ConfigError, match=r"needs 'user' .* or 'text'"):
         load_suite(path)
+
+
+def test_ai_judges_score_inside_a_suite(tmp_path: Path) -> None:
+    # SmolLM2 judging itself checks the plumbing (verdicts constrained, mapped to [0, 1],
+    # traced), not the judge's quality.
+    (tmp_path / "rambling.prompt").write_text(textwrap.dedent("""\
+        ---
+        inputs: {question: {type: string}, answer: {type: string}}
+        output_schema:
+          type: object
+          properties: {verdict: {enum: [good, bad]}}
+          required: [verdict]
+        params: {temperature: 0, max_tokens: 12}
+        ---
+        user:
+        Write a short poem about {{ question }} and {{ answer }}.
+        """))
+    suite = Suite(
+        name="judged", models=[SMOL], prompts=[CITY],
+        cases=[Case(id="fr", vars={"country": "France"}, expected="Paris")],
+        params={"temperature": 0, "max_tokens": 8},
+        metrics=[
+            {"name": "judge", "model": {"uri": "smollm2", "options": {"n_threads": 2}}},
+            {"name": "judge", "prompt": "judge-classify", "labels": ["yes", "no"],
+             "criterion": "Does the answer name a city?", "label": "names_city"},
+            "judge_reference",
+        ])
+    result = run_suite(suite, progress=False)
+    assert result.errors == 0, result.samples[0]["error"]
+    scores = result.samples[0]["scores"]
+    assert scores["judge"] in {0.0, 0.25, 0.5, 0.75, 1.0}  # a 1..5 verdict, rescaled
+    assert scores["names_city"] in {0.0, 1.0} and scores["judge_reference"] in {0.0, 1.0}
+    judged = [t for t in traces() if t["tags"].get("judge")]
+    assert {t["tags"]["judge"] for t in judged} == {"rubric", "reference"} and len(judged) == 3
+    assert "<answer>" in judged[0]["messages"][-1]["content"]
+
+    # A judge whose reply is not a verdict fails the sample and says why; the output is kept.
+    bad = Suite.model_validate({**suite.model_dump(exclude={"metrics"}), "metrics": [
+        {"name": "judge", "prompt": str(tmp_path / "rambling.prompt"), "constraint": "none"}]})
+    failed = run_suite(bad, progress=False).samples[0]
+    assert failed["status"] == "error" and failed["output"]
+    assert "metric judge: the judge gave no verdict" in failed["error"]
+    assert "is not a verdict (expected one of: good, bad)" in failed["error"]

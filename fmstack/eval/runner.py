@@ -294,8 +294,8 @@ def _run_task(
             sample.update(output=out.completion.text, trace_id=out.completion.trace_id,
                           latency_s=out.latency, cost=out.completion.cost,
                           components=out.components or None)
-            sample["scores"] = _score(rs.metrics, task, out, models, task.case.expected,
-                                      required=True)
+            sample["scores"] = _score(rs.metrics, task, request, out, models,
+                                      task.case.expected, required=True)
     except Exception as e:
         sample.update(status="error", error=f"{type(e).__name__}: {e}")
     return outcome
@@ -325,7 +325,8 @@ def _conversation(rs: ResolvedSuite, task: _Task, request: Request, models: _Mod
                           "output": out.completion.text, "trace_id": out.completion.trace_id,
                           "latency_s": out.latency, "cost": out.completion.cost,
                           "components": out.components or None,
-                          "scores": _score(rs.metrics, task, out, models, want, required=False)})
+                          "scores": _score(rs.metrics, task, turn_request, out, models, want,
+                                           required=False)})
     finally:
         # Turns done before an error are kept, so the report shows how far it got.
         sample["turns"] = turns
@@ -415,8 +416,8 @@ def cache_key(model: ModelConfig | str, request: Request, epoch: int,
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _score(metrics: list[ResolvedMetric], task: _Task, out: _Output, models: _Models,
-           expected: Any, *, required: bool) -> dict[str, float]:
+def _score(metrics: list[ResolvedMetric], task: _Task, request: Request, out: _Output,
+           models: _Models, expected: Any, *, required: bool) -> dict[str, float]:
     """Per-sample metric values. ``expected`` is this output's reference (a conversation
     turn's own); with ``required=False`` a metric whose reference is missing is skipped
     (a turn with nothing to compare) instead of failing the sample."""
@@ -425,7 +426,7 @@ def _score(metrics: list[ResolvedMetric], task: _Task, out: _Output, models: _Mo
         if m.spec.level == "corpus":
             continue
         try:
-            args = _args(m, task, out, expected)
+            args = _args(m, task, request, out, expected)
         except _NoReference:
             if required:
                 raise ConfigError(f"case {task.case.id} has no {m.config.reference!r} value "
@@ -442,11 +443,16 @@ class _NoReference(Exception):
     pass
 
 
-def _args(m: ResolvedMetric, task: _Task, out: _Output, expected: Any) -> list[Any]:
+def _args(m: ResolvedMetric, task: _Task, request: Request, out: _Output,
+          expected: Any) -> list[Any]:
     args: list[Any] = []
     for name in m.spec.inputs:
         if name == "completion":
             args.append(out.completion)
+        elif name == "request":
+            args.append(request)
+        elif name == "case":
+            args.append(task.case)
         elif name == "prediction":
             args.append(component(out.completion, m.config.field, out.components))
         elif name == "reference":
@@ -469,9 +475,17 @@ def reference(case: Case, path: str, expected: Any) -> Any:
 
 
 def _options(m: ResolvedMetric, task: _Task, models: _Models) -> dict[str, Any]:
-    options = m.config.options
-    if "model" in inspect.signature(m.spec.fn).parameters and "model" not in options:
-        options["model"] = models.get(task.model)
+    """The metric's options; a ``model`` option (an alias, URI or {uri, options}) becomes the
+    loaded model, shared across the run, and defaults to the model under test."""
+    options = dict(m.config.options)
+    if "model" in inspect.signature(m.spec.fn).parameters:
+        given = options.get("model")
+        if given is None:
+            options["model"] = models.get(task.model)
+        elif isinstance(given, str | dict):
+            config = (ModelConfig(uri=given) if isinstance(given, str)
+                      else ModelConfig.model_validate(given))
+            options["model"] = models.get(config)
     return options
 
 

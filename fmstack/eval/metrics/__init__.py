@@ -25,12 +25,14 @@ recall_at_k, ndcg_at_k   [0, 1]      nDCG with linear gains; ``k`` option (defau
 precision_at_k           [0, 1]      denominator k
 average_precision        [0, 1]      mean over queries = MAP
 passes_tests             {0, 1}      unit tests in the Sandbox (``code``); pass@k via epochs
+judge, judge_reference   [0, 1]      AI judge verdict (rubric scale or pass labels)
 =======================  ==========  =====================================================
 """
 
 from __future__ import annotations
 
 from fmstack.eval.metrics.code import passes_tests, program_for
+from fmstack.eval.metrics.judge import judge, judge_reference
 from fmstack.eval.metrics.model import (
     LMScore,
     SemanticSimilarity,
@@ -101,6 +103,8 @@ __all__ = [
     "hit_rate_at_k",
     "json_schema_valid",
     "json_valid",
+    "judge",
+    "judge_reference",
     "latency",
     "lm_score",
     "metric",
