@@ -165,6 +165,7 @@ def test_module_choice_and_options() -> None:
     (["test.support"], "excluded"),
     (["numpy"], "numpy is not a standard library module"),
     (["json", "not a module"], "'not a module' is not a module name"),
+    (["json.nope"], "cannot import json.nope"),
     ([], "no modules given"),
 ])
 def test_bad_modules(modules: list[str], message: str) -> None:

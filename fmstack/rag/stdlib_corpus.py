@@ -65,7 +65,8 @@ from fmstack.rag.documents import Document
 
 # Pure-Python modules (each has a .py file) that import without side effects, spread over
 # text, data, files, networking protocols, concurrency and the language itself, so queries
-# range from narrow ("Return the base-2 logarithm ...") to vague ("Create a new instance.").
+# range from narrow ("Encode bytes-like object b using Ascii85 and return a bytes object.") to
+# vague ("Determine if rollover should occur.", relevant to two handlers' methods).
 # Never: test suites, idlelib, tkinter, turtle, antigravity, this (side effects or GUI).
 DEFAULT_MODULES: tuple[str, ...] = (
     "abc", "argparse", "ast", "base64", "bisect", "calendar", "codecs", "collections",
@@ -242,7 +243,10 @@ def _source(mod: Any) -> str:
 def _entries(module: str) -> Iterator[_Entry]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a DeprecationWarning on import is not ours to show
-        mod = importlib.import_module(module)
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as e:  # e.g. a module this platform or build lacks
+            raise ConfigError(f"stdlib corpus: cannot import {module} ({e})") from None
     source = _source(mod)
     for name in _public_names(mod):
         obj = getattr(mod, name)
