@@ -278,3 +278,12 @@ def test_ai_judges_score_inside_a_suite(tmp_path: Path) -> None:
     assert failed["status"] == "error" and failed["output"]
     assert "metric judge: the judge gave no verdict" in failed["error"]
     assert "is not a verdict (expected one of: good, bad)" in failed["error"]
+
+
+@pytest.mark.parametrize("name", ["capitals", "conversation", "pipeline"])
+def test_example_suites_load(name: str) -> None:
+    resolved = load_suite(Path(__file__).parents[1] / "examples" / "suites" / f"{name}.yaml"
+                          ).resolve()
+    assert resolved.cases and resolved.metrics
+    assert (resolved.target is not None) == (name == "pipeline")
+    assert any(c.turns for c in resolved.cases) == (name == "conversation")
