@@ -40,6 +40,11 @@ class OutputValidationError(FmstackError):
     """A structured output did not parse or did not validate against its format."""
 
 
+class QueryError(FmstackError):
+    """A database query that was refused (not a single read-only SELECT), failed in the
+    database, or ran past its time limit. Text-to-SQL feeds the message back to the model."""
+
+
 class PromptError(FmstackError):
     """A prompt file that does not parse or validate, bad variables for it, or an unknown prompt.
     The message starts with ``path:line:`` when the line is known."""
