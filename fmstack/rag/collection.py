@@ -14,8 +14,10 @@ rebuild the FAISS structure from stored vectors (embedding only new or changed c
 the directory to the next state and only then replace ``manifest.json`` (write a temp file,
 ``os.replace``): that replace is the commit. An update interrupted at any point (an exception,
 KeyboardInterrupt mid-embedding, a killed process) leaves the previous manifest naming the
-previous, intact state; leftovers are removed by the next update. One writer at a time is
-assumed (no lock); readers keep the state they opened.
+previous, intact state; leftovers are removed by the next update. One writer at a time: an
+update holds an exclusive lock on ``rag/<name>/.lock`` (POSIX ``flock``) and refuses to run
+from a Collection opened before another update committed. A Collection reads the state that
+was current when it was opened (its files load lazily): reopen it to see later updates.
 
 Embeddings are tied to the model that made them: the manifest stores the embedder's name,
 dimension and a fingerprint of its files (sha256 over the model directory's JSON configs and
@@ -291,6 +293,11 @@ class Collection:
                     f"RAG collection {self.name!r} is empty: upsert documents into it first"
                 )
             db_file = state / "chunks.db"
+            if not state.is_dir():
+                raise ConfigError(
+                    f"RAG collection {self.name!r} was updated since it was opened here "
+                    f"({state.name} is gone): open it again"
+                )
             if not db_file.is_file():
                 raise ConfigError(f"{db_file} is missing: rebuild the collection")
             # Read-only: the current state is never written; updates work on a copy.
@@ -509,6 +516,24 @@ class Collection:
         batch_size: int,
     ) -> None:
         """Build the next state in a temporary directory and switch the manifest to it."""
+        with _writer_lock(self.path):
+            stored = _read_manifest(self.path / _MANIFEST)
+            if stored["state"] != self.manifest["state"]:
+                raise ConfigError(
+                    f"RAG collection {self.name!r} was updated since it was opened here: "
+                    "open it again, then retry"
+                )
+            self._build_state(changed, deleted, result, progress, batch_size, stored)
+
+    def _build_state(
+        self,
+        changed: list[tuple[Document, str, list[Chunk]]],
+        deleted: list[str],
+        result: UpsertResult,
+        progress: bool | Progress,
+        batch_size: int,
+        stored: dict[str, Any],
+    ) -> None:
         self._clean_leftovers()
         old_state = self.state_dir
         tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=self.path))
@@ -556,7 +581,6 @@ class Collection:
             "updated": _now(),
         }
         # The stored manifest keeps the name the collection was built with.
-        stored = _read_manifest(self.path / _MANIFEST)
         _write_json(self.path / _MANIFEST, {**manifest, "embedder": stored.get("embedder")})
         self.close()
         self.manifest = manifest
@@ -609,6 +633,28 @@ def _apply(
 def _exists(db: sqlite3.Connection, chunk_id: str, doc_id: str) -> bool:
     row = db.execute("SELECT doc_id FROM chunks WHERE id = ?", (chunk_id,)).fetchone()
     return row is not None and row[0] != doc_id
+
+
+@contextlib.contextmanager
+def _writer_lock(path: Path) -> Iterator[None]:
+    """An exclusive, non-blocking lock on ``path/.lock`` (no lock where fcntl is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: one writer is the caller's responsibility
+        yield
+        return
+    with open(path / ".lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"RAG collection {path.name!r} is being updated by another writer: retry when "
+                "it has finished"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

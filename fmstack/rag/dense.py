@@ -35,12 +35,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from fmstack.errors import ConfigError, missing
 from fmstack.rag.documents import Chunk, Hit
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from fmstack.models.embeddings import Embedder, Vectors
 
 KINDS = ("flat", "hnsw", "ivf", "ivfpq", "lsh")
@@ -113,6 +113,8 @@ class DenseIndex:
         batch_size: int = 64,
         **options: Any,
     ) -> None:
+        import numpy as np
+
         unknown = set(options) - set(DenseOptions.__dataclass_fields__) - {"kind"}
         if unknown:
             raise ConfigError(
@@ -159,6 +161,8 @@ class DenseIndex:
         batches of ``batch_size`` (``progress(done, total)`` is called after each). Returns
         how many chunks were embedded. ``vectors`` (one unit-length row per chunk, made by this
         index's embedder, e.g. cached by a benchmark) skips embedding altogether."""
+        import numpy as np
+
         if not chunks:
             raise ConfigError("cannot build a dense index over an empty corpus (no chunks)")
         shas = [text_sha(c.indexed_text) for c in chunks]
@@ -273,6 +277,8 @@ class DenseIndex:
     ) -> list[tuple[str, float]]:
         """The ``k`` nearest ``(chunk id, cosine)`` pairs to a query (text, or an embedding
         already made), among ``allowed`` ids if given (applied before the top-k cut)."""
+        import numpy as np
+
         if self._faiss is None:
             raise ConfigError("the dense index is empty: build() or load() it first")
         if k < 1:
@@ -335,6 +341,8 @@ class DenseIndex:
 
     def save(self, directory: str | Path) -> None:
         """Write the vectors, ids and the FAISS index to ``directory``."""
+        import numpy as np
+
         if self._faiss is None:
             raise ConfigError("cannot save an empty dense index: build() it first")
         faiss = _import_faiss()
@@ -366,6 +374,8 @@ class DenseIndex:
         """The index saved in ``directory`` (vectors memory-mapped). The embedder defaults to
         the one it was built with; it is loaded only when a text query or new chunk needs it.
         A damaged file is a ConfigError naming it."""
+        import numpy as np
+
         path = Path(directory)
         meta_file = path / _META
         try:
@@ -425,6 +435,8 @@ def _import_faiss() -> Any:
 
 def _exact_rows(vectors: Vectors, q: Vectors, k: int, rows: np.ndarray) -> np.ndarray:
     """The ``k`` rows among ``rows`` with the highest inner product with ``q``."""
+    import numpy as np
+
     scores = np.asarray(vectors[rows], dtype=np.float32) @ q
     if len(rows) > k:
         top = np.argpartition(-scores, k - 1)[:k]
