@@ -287,3 +287,25 @@ def test_example_suites_load(name: str) -> None:
     assert resolved.cases and resolved.metrics
     assert (resolved.target is not None) == (name == "pipeline")
     assert any(c.turns for c in resolved.cases) == (name == "conversation")
+
+
+def test_a_target_without_a_model_is_evaluated_on_its_own() -> None:
+    index = {"paris": ["d1", "d3"], "berlin": ["d2"], "rome": ["d9", "d4"]}
+
+    def retrieve(model: Any, request: Any, case: Case) -> dict[str, Any]:
+        assert model is None
+        ids = index[case.vars["query"]]
+        return {"final": " ".join(ids), "retrieved": ids}
+
+    cases = [Case(id=q, vars={"query": q}, expected=rel)
+             for q, rel in (("paris", ["d1"]), ("berlin", ["d2"]), ("rome", ["d4"]))]
+    suite = Suite(name="retrieval-only", prompts=[{"name": "q", "user": "{{ query }}"}],
+                  cases=cases, target=retrieve,
+                  metrics=[{"name": "mrr", "field": "retrieved"},
+                           {"name": "hit_rate_at_k", "field": "retrieved", "k": 1}])
+    result = run_suite(suite, progress=False)
+    assert result.errors == 0 and {s["model"] for s in result.samples} == {"none"}
+    assert result.summary["mrr[retrieved]"]["mean"] == pytest.approx((1 + 1 + 0.5) / 3)
+    assert result.summary["hit_rate_at_k[retrieved]"]["mean"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="at least one model"):
+        Suite(name="x", prompts=["capital"], cases=cases, metrics=["contains"])

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 from fmstack.errors import ConfigError, FmstackError
 from fmstack.eval.passk import pass_at_from_scores
 from fmstack.eval.suite import (
+    NO_MODEL,
     Case,
     ModelConfig,
     ResolvedMetric,
@@ -354,11 +355,11 @@ def _produce(rs: ResolvedSuite, task: _Task, request: Request, models: _Models,
     if cached is not None and "completion" in cached:
         outcome.hits += 1
         return _Output.from_json(cached)
-    model = models.get(task.model)
     if rs.target is None:
-        out = _Output(model.complete(request))
+        out = _Output(models.get(task.model).complete(request))
     else:
         started = time.perf_counter()
+        model = None if task.model.uri == NO_MODEL else models.get(task.model)
         returned = rs.target.fn(model, request, task.case)
         out = _target_output(returned, rs.target)
         out.seconds = time.perf_counter() - started
@@ -481,6 +482,9 @@ def _options(m: ResolvedMetric, task: _Task, models: _Models) -> dict[str, Any]:
     if "model" in inspect.signature(m.spec.fn).parameters:
         given = options.get("model")
         if given is None:
+            if task.model.uri == NO_MODEL:
+                raise ConfigError(f"metric {m.key} needs a model and the suite has none: "
+                                  "give the metric a model option")
             options["model"] = models.get(task.model)
         elif isinstance(given, str | dict):
             config = (ModelConfig(uri=given) if isinstance(given, str)

@@ -40,6 +40,8 @@ the suite) or ``package.module:function`` names a Python function that produces 
 instead, e.g. a RAG pipeline: ``fn(model, request, case) -> Completion | dict``. A dict holds
 ``final`` (a Completion or text) plus any named intermediate outputs (``context``,
 ``retrieved_ids``, ...), each stored with the sample and scorable by a metric's ``field``.
+A suite with a target may list no models: the target is called with ``model=None`` and the
+samples' model is ``none`` (a retriever evaluated on its own).
 
 **Conversations.** A case with ``turns`` (a list of ``{user, expected}`` or plain strings) is
 a multi-turn task: the prompt is the first turn (compared with the case's ``expected``), then
@@ -87,6 +89,8 @@ from fmstack.prompts.files import PromptFile
 _ENV = SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=False,
                             autoescape=False)
 _CASE_KEYS = ("id", "expected", "metadata", "turns")
+# The model name of samples from a suite whose target runs without a model.
+NO_MODEL = "none"
 
 
 class ModelConfig(BaseModel):
@@ -172,7 +176,7 @@ class Suite(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     description: str = ""
-    models: list[str | ModelConfig] = Field(min_length=1)
+    models: list[str | ModelConfig] = []
     prompts: list[str | InlinePromptConfig | InstanceOf[PromptFile]] = Field(min_length=1)
     dataset: str | None = None
     cases: list[Case] | None = None
@@ -192,6 +196,9 @@ class Suite(BaseModel):
     def _one_source(self) -> Suite:
         if (self.dataset is None) == (self.cases is None):
             raise ValueError("give exactly one of 'dataset' (a file) or 'cases' (inline)")
+        if not self.models and self.target is None:
+            raise ValueError("give at least one model (only a suite with a target may have "
+                             "none: the target is then called with model=None)")
         return self
 
     def resolve(self) -> ResolvedSuite:
@@ -394,6 +401,8 @@ def _resolve(suite: Suite, lines: dict[tuple[str | int, ...], int]) -> ResolvedS
     models = [m if isinstance(m, ModelConfig) else ModelConfig(uri=m) for m in suite.models]
     for i, m in enumerate(models):
         _check_model(m.uri, at("models", i))
+    if not models:  # a target that needs no model (a retriever, a rule-based pipeline)
+        models = [ModelConfig(uri=NO_MODEL)]
     prompts = [_prompt(p, base, at("prompts", i)) for i, p in enumerate(suite.prompts)]
     _unique([p.name for p in prompts], "prompt", at("prompts"))
     _unique([m.uri for m in models], "model", at("models"))
