@@ -535,3 +535,51 @@ def test_bad_input_errors_name_the_file() -> None:
     (col.path / "manifest.json").write_text('{"format": 1, "name": ')
     with pytest.raises(ConfigError, match=r"manifest\.json.*rebuild the collection"):
         Collection.open("bad")
+
+
+def test_bm25_only_collection_filters_interrupts_and_writers() -> None:
+    """No embedder: nothing here loads MiniLM, so the edge cases are cheap to cover."""
+    import fcntl
+
+    docs = stdlib_docs(["json", "textwrap", "shlex", "base64"])
+    col = Collection.create("lex", embedder=None, bm25_options={"method": "bm25+", "k1": 1.2})
+    assert col.upsert(docs, paragraphs).chunks_embedded == 0
+    assert json.loads((col.path / "manifest.json").read_text())["bm25"]["method"] == "bm25+"
+    query = "encode a string"
+    by_doc = col.search(query, k=50, where={"doc_id": ["base64.b64encode", "shlex.quote"]})
+    assert {h.chunk.doc_id for h in by_doc} == {"base64.b64encode", "shlex.quote"}
+    assert col.search(query, where={"module": None}) == []  # no chunk lacks a module
+    assert col.search(query, k=50, where={"n": [1, 2]}) and all(
+        h.chunk.metadata["n"] in (1, 2) for h in col.search(query, k=50, where={"n": [1, 2]})
+    )
+    with pytest.raises(ConfigError, match="filter 'module': values must be"):
+        col.search(query, where={"module": {"a": 1}})
+    with pytest.raises(ConfigError, match="k must be at least 1"):
+        col.search(query, k=0)
+
+    # KeyboardInterrupt from the chunker midway: nothing changes.
+    before = col.search(query, k=10)
+    edited = [Document(d.id, d.text + "\n\nQuokka.", d.source, d.metadata) for d in docs]
+
+    def chunk_then_interrupt(doc: Document) -> list[Chunk]:
+        if doc.id == edited[2].id:
+            raise KeyboardInterrupt
+        return paragraphs(doc)
+
+    with pytest.raises(KeyboardInterrupt):
+        col.upsert(edited, chunk_then_interrupt)
+    assert Collection.open("lex").search(query, k=10) == before
+
+    # A second writer is refused while the first holds the lock.
+    with open(col.path / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with pytest.raises(ConfigError, match="being updated by another writer"):
+            col.upsert(edited[:1], paragraphs)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+
+    # A reader opened before an update, loading lazily afterwards, is told to reopen.
+    stale = Collection.open("lex")
+    assert col.upsert(edited[:1], paragraphs).updated == 1
+    with pytest.raises(ConfigError, match="updated since it was opened here"):
+        stale.search("quokka")
+    assert Collection.open("lex").search("quokka", k=1)[0].chunk.text == "Quokka."
