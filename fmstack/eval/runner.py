@@ -454,6 +454,8 @@ def _args(m: ResolvedMetric, task: _Task, request: Request, out: _Output,
             args.append(request)
         elif name == "case":
             args.append(task.case)
+        elif name == "components":
+            args.append(out.components)
         elif name == "prediction":
             args.append(component(out.completion, m.config.field, out.components))
         elif name == "reference":

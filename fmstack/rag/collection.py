@@ -281,6 +281,10 @@ class Collection:
     # ----- reading -------------------------------------------------------------------------
 
     @property
+    def has_dense(self) -> bool:
+        return self.manifest.get("embedder") is not None
+
+    @property
     def state_dir(self) -> Path | None:
         state = self.manifest.get("state")
         return self.path / state if state else None
@@ -372,10 +376,12 @@ class Collection:
         return {r[0] for r in self._conn().execute(sql, params)}
 
     def search(
-        self, query: str, k: int = 5, mode: str = "bm25", where: dict[str, Any] | None = None
+        self, query: str, k: int = 5, mode: str = "bm25", where: dict[str, Any] | None = None,
+        *, vector: Any = None,
     ) -> list[Hit]:
         """The ``k`` best chunks for ``query`` from one retriever (``bm25`` or ``dense``),
-        among chunks matching ``where`` (filtered before the top-k cut)."""
+        among chunks matching ``where`` (filtered before the top-k cut). ``vector`` (dense
+        only) searches with that embedding instead of the query's own (HyDE)."""
         if mode not in MODES:
             raise ConfigError(f"search mode {mode!r} is not one of {', '.join(MODES)}")
         if k < 1:
@@ -387,9 +393,11 @@ class Collection:
         allowed = self._allowed(where) if where else None
         if allowed is not None and not allowed:
             return []
-        pairs = (self._bm25_index() if mode == "bm25" else self._dense_index()).search_ids(
-            query, k, allowed
-        )
+        if mode == "bm25":
+            pairs = self._bm25_index().search_ids(query, k, allowed)
+        else:
+            pairs = self._dense_index().search_ids(query if vector is None else vector, k,
+                                                   allowed)
         chunks = self._chunks([cid for cid, _ in pairs])
         return [
             Hit(chunk=chunks[cid], score=score, rank=rank, retriever=mode)

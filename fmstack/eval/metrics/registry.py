@@ -9,8 +9,10 @@ Calling conventions, named by ``MetricSpec.inputs`` (passed positionally, in tha
 * ``("prediction", "reference")`` — a per-sample text metric: ``fn(output_text, reference)``;
 * ``("prediction",)`` — a per-sample metric that needs no reference (JSON-valid, perplexity);
 * ``("completion",)`` — reads a ``Completion`` (latency, cost), not its text;
-* ``"request"`` and ``"case"`` may follow: the Request that produced the output and the suite
-  Case (its variables and metadata), for metrics that need the question (AI judges);
+* ``"request"``, ``"case"`` and ``"components"`` may follow: the Request that produced the
+  output, the suite Case (its variables and metadata) and the target's intermediate outputs
+  (a dict, empty without a target), for metrics that need the question or the retrieved
+  context (AI judges, RAG faithfulness);
 * ``("predictions", "references")`` — a corpus metric over all samples at once (corpus BLEU is
   not the mean of sentence BLEU, so a runner must not average these).
 
