@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from fmstack.errors import ConfigError, QueryError
+from fmstack.models.types import Request
 from fmstack.prompts.files import PromptFile
 from fmstack.prompts.library import PromptLibrary
 from fmstack.rag.sql import (
@@ -230,7 +231,8 @@ def test_writes_are_rejected_and_the_file_is_unchanged(shop: Path, sql: str) -> 
         with pytest.raises(QueryError, match=r"only SELECT|not allowed"):
             run_sql(database, sql)
         # The real barrier: the same statement on the raw connection, past the text check.
-        with pytest.raises(sqlite3.DatabaseError, match=r"not authorized|authorization denied|readonly"):
+        with pytest.raises(sqlite3.DatabaseError,
+                           match=r"not authorized|authorization denied|readonly"):
             database.connection.execute(sql)
         assert run_sql(database, "SELECT COUNT(*) FROM orders").rows == [(N_ORDERS,)]
     assert _sha(shop) == before
@@ -439,6 +441,20 @@ def test_extract_sql() -> None:
     assert extract_sql({"sql": "   "}, "") is None
 
 
+def test_the_retry_prompt_shows_what_failed() -> None:
+    prompt = PromptLibrary().get("text-to-sql")
+    first = prompt.messages({"schema": "S", "question": "Q"})[-1].content
+    assert first.endswith("<question>\nQ\n</question>")
+    retry = prompt.messages({"schema": "S", "question": "Q", "previous_sql": "SELECT x",
+                             "error": "no such column: x"})[-1].content
+    assert retry.endswith("This query failed:\n<sql>\nSELECT x\n</sql>\n"
+                          "Error: no such column: x\nWrite a corrected query.")
+    # A reply that held no SQL still changes the prompt, or greedy decoding would repeat it.
+    no_sql = prompt.messages({"schema": "S", "question": "Q", "previous_sql": "",
+                              "error": "the reply held no SQL query"})[-1].content
+    assert "The previous reply failed.\nError: the reply held no SQL query" in no_sql
+
+
 @pytest.fixture(scope="module")
 def smollm2() -> Iterator[Any]:
     from fmstack.models.registry import load_model
@@ -446,6 +462,8 @@ def smollm2() -> Iterator[Any]:
     # One thread: the test machine's 2 cores are shared, and llama.cpp's spinning thread team
     # slows down badly when oversubscribed.
     model = load_model("smollm2", n_threads=1)
+    # The weights are memory-mapped: page them in here, not inside the first test's timing.
+    model.complete(Request.chat("Hi", max_tokens=1))
     yield model
     model.close()
 
@@ -492,19 +510,20 @@ def test_ask_sql_runs_the_models_sql_read_only(smollm2: Any, shop: Path) -> None
 def test_a_failing_query_is_re_asked_once_with_the_error(smollm2: Any, shop: Path,
                                                          tmp_path: Path) -> None:
     prompt = _forced("SELECT nope FROM orders")
-    out = ask_sql(smollm2, shop, "How many orders are there?", prompt=prompt)
+    # sample_rows=0: a shorter prompt (the forced reply does not read it), a faster test.
+    out = ask_sql(smollm2, shop, "How many orders are there?", prompt=prompt, sample_rows=0)
     assert [a.sql for a in out.attempts] == ["SELECT nope FROM orders"] * 2
     assert out.result is None and out.answer is None
     assert out.error == "OperationalError: no such column: nope"
     assert "Error: OperationalError: no such column: nope" in str(out)
     first, second = (smollm2.tracer.get(i) for i in out.trace_ids)
-    assert "The database said" not in first["messages"][-1]["content"]
+    assert "failed" not in first["messages"][-1]["content"]
     retry = second["messages"][-1]["content"]
     assert "<sql>\nSELECT nope FROM orders\n</sql>" in retry
-    assert "The database said: OperationalError: no such column: nope" in retry
+    assert "Error: OperationalError: no such column: nope" in retry
     assert second["tags"]["attempt"] == "1"
-    assert len(ask_sql(smollm2, shop, "How many orders?", prompt=prompt,
-                       retries=0).attempts) == 1
+    assert len(ask_sql(smollm2, shop, "How many orders?", prompt=prompt, retries=0,
+                       sample_rows=0).attempts) == 1
 
 
 @pytest.mark.parametrize("sql", ["DROP TABLE orders", "SELECT 1; DELETE FROM orders",
@@ -514,7 +533,8 @@ def test_hostile_model_output_changes_nothing(smollm2: Any, shop: Path, tmp_path
                                               sql: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     before = _sha(shop)
-    out = ask_sql(smollm2, shop, "Clean up the database.", prompt=_forced(sql), retries=0)
+    out = ask_sql(smollm2, shop, "Clean up the database.", prompt=_forced(sql), retries=0,
+                  sample_rows=0)
     assert out.result is None and out.sql == sql
     assert out.error is not None and re.search("only SELECT|not allowed|statements given",
                                                out.error)
@@ -524,7 +544,8 @@ def test_hostile_model_output_changes_nothing(smollm2: Any, shop: Path, tmp_path
 def test_fenced_sql_is_unwrapped_and_answered(smollm2: Any, shop: Path, tmp_path: Path) -> None:
     # One line: llama-cpp-python's grammar for a JSON "const" writes a newline raw, not as \n.
     prompt = _forced("```sql SELECT COUNT(*) AS n FROM orders```")
-    out = ask_sql(smollm2, shop, "How many orders are there?", prompt=prompt, answer=True)
+    out = ask_sql(smollm2, shop, "How many orders are there?", prompt=prompt, answer=True,
+                  sample_rows=0)
     assert out.sql == "SELECT COUNT(*) AS n FROM orders" and len(out.attempts) == 1
     assert out.result is not None and out.result.rows == [(N_ORDERS,)]
     assert out.answer  # phrased by SmolLM2: its wording is not checked

@@ -25,6 +25,9 @@ statement, starting with SELECT or WITH) only to give the model a clear error me
 DuckDB: ``read_only=True`` and ``enable_external_access=false`` (no file reads or writes, no
 ATTACH, no extension installs), with the configuration locked so a query cannot turn it back on.
 
+A SQLite file in WAL mode gets its ``-wal`` and ``-shm`` files created next to it if they are
+missing (a reader needs the shared-memory index); the database file itself is not written.
+
 Time limits: SQLite calls a progress handler every few thousand VM instructions, which
 aborts the query past the deadline; DuckDB is interrupted from a timer thread. Both cover
 fetching the rows too, since both engines produce rows lazily.
@@ -38,7 +41,6 @@ import sqlite3
 import threading
 import time
 import urllib.parse
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -636,7 +638,7 @@ def extract_sql(parsed: Any, text: str) -> str | None:
     return sql or None
 
 
-__all__: Sequence[str] = (
+__all__ = [
     "SQLAnswer", "SQLAttempt", "SQLDatabase", "SQLResult", "ask_sql", "describe_schema",
     "extract_sql", "run_sql", "split_statements",
-)
+]
