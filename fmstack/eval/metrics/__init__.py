@@ -26,6 +26,9 @@ precision_at_k           [0, 1]      denominator k
 average_precision        [0, 1]      mean over queries = MAP
 passes_tests             {0, 1}      unit tests in the Sandbox (``code``); pass@k via epochs
 judge, judge_reference   [0, 1]      AI judge verdict (rubric scale or pass labels)
+context_relevance        [0, 1]      RAG judge (``rag``): context vs question, 1-5 rescaled
+answer_relevance         [0, 1]      RAG judge: does the answer address the question, 1-5
+faithfulness             {0, .5, 1}  RAG judge: answer's claims vs the ``context`` component
 =======================  ==========  =====================================================
 """
 
@@ -62,6 +65,7 @@ from fmstack.eval.metrics.overlap import (
     rouge2,
     rouge_l,
 )
+from fmstack.eval.metrics.rag import answer_relevance, context_relevance, faithfulness
 from fmstack.eval.metrics.registry import METRICS, MetricSpec, get_metric, metric, metric_names
 from fmstack.eval.metrics.retrieval import (
     average_precision,
@@ -86,12 +90,14 @@ __all__ = [
     "LMScore",
     "MetricSpec",
     "SemanticSimilarity",
+    "answer_relevance",
     "average_precision",
     "bits_per_byte",
     "bits_per_byte_from_logprobs",
     "bleu",
     "chrf",
     "contains",
+    "context_relevance",
     "corpus_bits_per_byte",
     "corpus_bleu",
     "corpus_chrf",
@@ -99,6 +105,7 @@ __all__ = [
     "cost",
     "exact_match",
     "extract_number",
+    "faithfulness",
     "get_metric",
     "hit_rate_at_k",
     "json_schema_valid",

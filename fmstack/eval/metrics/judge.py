@@ -33,16 +33,19 @@ _LOCK = threading.Lock()
 
 
 def _judge(model: Model, prompt: str, labels: Sequence[str] | None, scale: int | None,
-           constraint: str, reference: bool) -> Judge:
-    """One Judge per configuration and model (building one reads and checks its prompt)."""
+           constraint: str, reference: bool, kind: str | None = None) -> Judge:
+    """One Judge per configuration and model (building one reads and checks its prompt).
+    ``kind`` replaces the class's ``judge`` trace tag (the RAG metrics name themselves)."""
     from fmstack.eval.judges import Judge, ReferenceJudge
 
-    key = (id(model), prompt, tuple(labels) if labels else None, scale, constraint, reference)
+    key = (id(model), prompt, tuple(labels) if labels else None, scale, constraint, reference,
+           kind)
     with _LOCK:
         if key not in _JUDGES:
             cls = ReferenceJudge if reference else Judge
             _JUDGES[key] = cls(model, prompt, labels=labels, scale=scale,
-                               constraint=constraint)  # type: ignore[arg-type]
+                               constraint=constraint,  # type: ignore[arg-type]
+                               tags={"judge": kind} if kind else None)
         return _JUDGES[key]
 
 
