@@ -36,6 +36,7 @@ fetching the rows too, since both engines produce rows lazily.
 from __future__ import annotations
 
 import json
+import math
 import re
 import sqlite3
 import threading
@@ -68,7 +69,7 @@ _ACTION_NAMES = {getattr(sqlite3, f"SQLITE_{n}"): n.replace("_", " ") for n in (
     "DROP_TEMP_VIEW", "DROP_TRIGGER", "DROP_VIEW", "INSERT", "PRAGMA", "READ", "SELECT",
     "TRANSACTION", "UPDATE", "ATTACH", "DETACH", "ALTER_TABLE", "REINDEX", "ANALYZE",
     "CREATE_VTABLE", "DROP_VTABLE", "FUNCTION", "SAVEPOINT", "RECURSIVE")}
-_PROGRESS_OPS = 10_000  # VM instructions between deadline checks: ~0.1 ms of work
+_PROGRESS_OPS = 10_000  # VM instructions between deadline checks: well under a millisecond
 _MAX_VALUE_BYTES = 10_000_000  # SQLITE_LIMIT_LENGTH: no 1 GB zeroblob() from a query
 # A code fence around the whole text: its language tag only counts when a newline follows
 # (so "```SELECT 1```" keeps its SELECT); a tag written on the same line is removed below.
@@ -160,8 +161,8 @@ class SQLDatabase:
         if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
             raise ConfigError(f"max_rows must be an integer >= 1, got {max_rows!r}")
         if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) \
-                or not timeout_s > 0:
-            raise ConfigError(f"timeout_s must be a number > 0, got {timeout_s!r}")
+                or not 0 < timeout_s < math.inf:
+            raise ConfigError(f"timeout_s must be a finite number > 0, got {timeout_s!r}")
         self.path = Path(path).expanduser()
         self.max_rows = max_rows
         self.timeout_s = float(timeout_s)
@@ -180,7 +181,7 @@ class SQLDatabase:
             raise ConfigError(f"unknown engine {engine!r} (expected sqlite or duckdb)")
         self._deadline = float("inf")  # read by the SQLite progress handler
         self._timed_out = False
-        self._denied: str | None = None  # the last action the authorizer refused
+        self._denied: str | None = None  # the first action the authorizer refused
         if self.engine == "sqlite":
             self.connection.set_authorizer(self._authorize)
             self.connection.set_progress_handler(self._progress, _PROGRESS_OPS)
