@@ -14,6 +14,8 @@ import hashlib
 import random
 import re
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from fmstack.errors import ConfigError, QueryError
+from fmstack.errors import ConfigError, MissingDependencyError, QueryError
 from fmstack.models.types import Request
 from fmstack.prompts.files import PromptFile
 from fmstack.prompts.library import PromptLibrary
@@ -425,6 +427,21 @@ def test_duckdb_runaway_query_is_stopped(duck: Path) -> None:
                               "WHERE n < 1000000000) SELECT COUNT(*) FROM r")
         assert time.perf_counter() - started < 5
         assert run_sql(database, "SELECT COUNT(*) FROM orders").rows == [(N_ORDERS,)]
+
+
+def test_missing_duckdb_names_the_extra(duck: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "duckdb", None)  # what an uninstalled package looks like
+    with pytest.raises(MissingDependencyError, match=r"duckdb is not installed: pip install "
+                                                     r"'fmstack\[rag\]'"):
+        SQLDatabase(duck)
+
+
+def test_importing_the_module_pulls_in_no_database_driver() -> None:
+    code = ("import sys, fmstack.rag.sql; "
+            "print(sorted({'duckdb', 'numpy', 'llama_cpp', 'jinja2'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"
 
 
 # ----- asking a model -----------------------------------------------------------------------
