@@ -1,6 +1,6 @@
 """The ``fmstack`` command line: thin wiring from flags to the library, then printing.
 
-One module per command group (models, generate, chat, logs); ``common`` holds the error
+One module per command group (models, generate, chat, logs, prompt, eval, rag); ``common`` holds the error
 contract and shared flags. Heavy imports (pydantic models, llama.cpp, torch) happen inside the
 commands, so ``fmstack --help`` stays fast.
 """
@@ -12,7 +12,7 @@ import sys
 import typer
 
 from fmstack import __version__
-from fmstack.cli import chat, common, generate, logs, models, prompt
+from fmstack.cli import chat, common, generate, logs, models, prompt, rag
 from fmstack.cli import eval as eval_cli
 
 app = typer.Typer(
@@ -47,6 +47,7 @@ app.command("chat")(chat.chat)
 app.add_typer(logs.app, name="logs")
 app.add_typer(prompt.app, name="prompt")
 app.add_typer(eval_cli.app, name="eval")
+app.add_typer(rag.app, name="rag")
 
 
 def main() -> None:

@@ -516,6 +516,9 @@ def _target(entry: str | Callable[..., Any], base: Path, where: str) -> Target:
         if not callable(found):
             raise ConfigError(f"{where} target {entry!r}: {module_name} has no function {attr!r}")
         fn = found
+    given = getattr(fn, "fingerprint", None)
+    if isinstance(given, str):  # a callable object that knows what its output depends on
+        return Target(name=name, fn=fn, fingerprint=given)
     try:
         source = inspect.getsource(fn)
     except (OSError, TypeError):  # a builtin or a lambda typed in a REPL: identity by name only

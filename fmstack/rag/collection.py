@@ -510,6 +510,10 @@ class Collection:
         result.seconds = time.perf_counter() - started
         return result
 
+    def document_ids(self) -> list[str]:
+        """The ids of the indexed documents, sorted."""
+        return sorted(self._doc_shas())
+
     def _doc_shas(self) -> dict[str, str]:
         if self.state_dir is None:
             return {}
