@@ -207,9 +207,10 @@ def test_llm_reranker_prompt_needs_query_and_passage(smollm2: Any) -> None:
         LLMReranker(smollm2, prompt="judge-reference")
 
 
-# Obviously relevant vs obviously irrelevant passages for a query. SmolLM2-135M ranks the
-# relevant one higher in 5 of these 6 pairs (pandas is the miss); per pair that is not
-# robust, so only the mean over the six is asserted (measured: 0.549 vs 0.471).
+# Obviously relevant vs obviously irrelevant passages for a query. Measured P(yes) with
+# SmolLM2-135M (rag-relevance prompt): relevant 0.579 0.602 0.493 0.386 0.656 0.574 (mean 0.548),
+# irrelevant 0.580 0.402 0.382 0.419 0.536 0.503 (mean 0.470): the relevant passage wins only 4
+# of 6 pairs (France by 0.001), so no pair is asserted, only the mean over the six.
 PAIRS = [
     ("What is the capital of France?", "Paris is the capital and largest city of France.",
      "Photosynthesis converts light energy into chemical energy in plants."),
@@ -235,6 +236,4 @@ def test_llm_reranker_prefers_relevant_passages_on_average(smollm2: Any) -> None
     reranker = LLMReranker(smollm2)
     relevant = [reranker.judge(q, good).p_yes for q, good, _ in PAIRS]
     irrelevant = [reranker.judge(q, bad).p_yes for q, _, bad in PAIRS]
-    wins = sum(a > b for a, b in zip(relevant, irrelevant, strict=True))
-    assert sum(relevant) / len(PAIRS) > sum(irrelevant) / len(PAIRS)
-    assert wins >= 4, (relevant, irrelevant)
+    assert sum(relevant) / len(PAIRS) > sum(irrelevant) / len(PAIRS), (relevant, irrelevant)
