@@ -133,3 +133,27 @@ def test_corpus_writes_docs_and_matching_qrels(tmp_path: Path) -> None:
     assert len(docs) == 20 and qrels
     ids = {f"docs.jsonl#{d['id']}" for d in docs}
     assert all(set(q["relevant"]) <= ids for q in qrels)
+
+
+@pytest.mark.slow  # one SmolLM2 call (or two, with the retry)
+def test_sql_shows_the_query_and_never_writes(tmp_path: Path) -> None:
+    import hashlib
+    import sqlite3
+
+    db = tmp_path / "shop.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT, city TEXT)")
+        conn.executemany("INSERT INTO customers (name, city) VALUES (?, ?)",
+                         [("Ada", "London"), ("Linus", "Helsinki"), ("Grace", "New York")])
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    result = invoke("rag", "sql", str(db), "How many customers are there?", "--no-answer",
+                    "--json")
+    out = json.loads(result.stdout)
+    assert out["sql"].upper().startswith(("SELECT", "WITH"))  # the SQL is always shown
+    assert (result.exit_code == 0) == out["ok"] and out["trace_ids"]
+    if out["ok"]:
+        assert out["rows"] is not None and out["error"] is None
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+    assert "nope.db: no such database file" in error("rag", "sql", str(tmp_path / "nope.db"),
+                                                     "x")
+    assert not (tmp_path / "nope.db").exists()

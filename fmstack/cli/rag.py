@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from fmstack.rag.documents import Hit
 
 app = typer.Typer(
-    help="Retrieval-augmented generation: index, search, ask, eval, list, drop, corpus.",
+    help="Retrieval-augmented generation: index, search, ask, eval, list, drop, corpus, sql.",
     add_completion=False,
     no_args_is_help=True,
 )
@@ -333,3 +333,46 @@ def corpus(
     common.out().print(f"{len(built.documents)} documents -> {docs}, {len(queries)} queries "
                        f"-> {out / 'qrels.jsonl'} (Python {built.python_version})",
                        markup=False)
+
+
+@app.command("sql")
+def sql(
+    database: Annotated[Path, typer.Argument(metavar="DB", help="A SQLite or DuckDB file.")],
+    question: Annotated[str, typer.Argument(metavar="QUESTION")],
+    model: common.ModelOpt = common.DEFAULT_MODEL,
+    max_rows: Annotated[int, typer.Option("--max-rows", help="Rows kept from the query.")] = 200,
+    timeout: Annotated[float, typer.Option("--timeout", help="Query time limit, seconds.")
+                       ] = 5.0,
+    no_answer: Annotated[bool, typer.Option(
+        "--no-answer", help="Show the SQL and rows only (no phrased answer).")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Text-to-SQL: MODEL writes a query for QUESTION, run read-only; the SQL is shown."""
+    with common.user_errors():
+        from fmstack.models.registry import load_model
+        from fmstack.rag.sql import SQLDatabase, ask_sql
+
+        with SQLDatabase(database, max_rows=max_rows, timeout_s=timeout) as db:
+            lm = load_model(model)
+            try:
+                result = ask_sql(lm, db, question, answer=not no_answer)
+            finally:
+                lm.close()
+    if as_json:
+        common.print_json({
+            "question": question, "sql": result.sql, "ok": result.ok, "error": result.error,
+            "answer": result.answer, "trace_ids": result.trace_ids,
+            "columns": result.result.columns if result.result else None,
+            "rows": result.result.rows if result.result else None,
+            "truncated": result.result.truncated if result.result else None})
+        if not result.ok:
+            raise typer.Exit(1)
+        return
+    console = common.out()
+    console.print(f"SQL: {result.sql}", markup=False, style="bold")
+    if result.result is not None:
+        console.print(result.result.to_text(), markup=False)
+    if result.answer:
+        console.print(f"\n{result.answer}", markup=False)
+    if not result.ok:
+        raise common.fail(f"no query ran: {result.error}")
