@@ -189,11 +189,9 @@ def test_llm_rerank_probabilities_and_order(smollm2: Any) -> None:
         assert judged[h.chunk.id].p_yes + judged[h.chunk.id].p_no == pytest.approx(1.0)
     # The order is the judgements' order, not the input's.
     assert [h.chunk.id for h in out] == sorted(judged, key=lambda cid: -judged[cid].p_yes)
-    top = reranker.rerank(query, hits[:2], top_k=1)
-    assert len(top) == 1 and top[0].rank == 1
-    assert top[0].chunk.id == max((h.chunk.id for h in hits[:2]),
-                                  key=lambda cid: judged[cid].p_yes)
     assert reranker.rerank(query, []) == []
+    with pytest.raises(ConfigError, match="top_k"):
+        reranker.rerank(query, hits, top_k=-1)
 
 
 def test_llm_reranker_cuts_long_passages(smollm2: Any) -> None:

@@ -34,12 +34,12 @@ from typing import TYPE_CHECKING, Any
 
 from fmstack.config import cache_dir
 from fmstack.errors import CapabilityError, ConfigError
-from fmstack.models.types import Request
-from fmstack.prompts.files import PromptFile
 from fmstack.rag.documents import Chunk, Document
 
 if TYPE_CHECKING:
     from fmstack.models.base import Model
+    from fmstack.models.types import Request
+    from fmstack.prompts.files import PromptFile
 
 Progress = Callable[[int, int], None]  # (chunks done, chunks in total)
 
@@ -50,7 +50,7 @@ _DEFAULT_CONTEXT_LENGTH = 4096  # for models that do not say (remote APIs)
 
 
 def _load_prompt(prompt: str | PromptFile) -> PromptFile:
-    if isinstance(prompt, PromptFile):
+    if not isinstance(prompt, str):
         return prompt
     from fmstack.prompts.library import PromptLibrary
 

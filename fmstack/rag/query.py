@@ -20,14 +20,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from fmstack.errors import ConfigError
-from fmstack.models.types import Message
-from fmstack.prompts.files import PromptFile
 
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
     from fmstack.models.base import Model
+    from fmstack.models.types import Message
+    from fmstack.prompts.files import PromptFile
 
 # Labels a small model likes to repeat before its answer ("Standalone question: ...").
 _LEAD_IN = re.compile(r"^\s*(standalone|rewritten|rephrased)?\s*(question|query)\s*:\s*",
@@ -35,7 +35,7 @@ _LEAD_IN = re.compile(r"^\s*(standalone|rewritten|rephrased)?\s*(question|query)
 
 
 def _load_prompt(prompt: str | PromptFile) -> PromptFile:
-    if isinstance(prompt, PromptFile):
+    if not isinstance(prompt, str):
         return prompt
     from fmstack.prompts.library import PromptLibrary
 

@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fmstack.errors import ConfigError, ModelNotFoundError, missing
-from fmstack.prompts.files import PromptFile
 from fmstack.rag.documents import Hit
 
 if TYPE_CHECKING:
     from fmstack.models.base import Model
+    from fmstack.prompts.files import PromptFile
 
 # The answer tokens counted as each verdict: chat models answer "Yes"/"No" as often as the
 # lower-case words the prompt asks for (SmolLM2 prefers "No" to "no" by 4 nats), and leaving
@@ -155,7 +155,7 @@ def _logsumexp(values: Sequence[float]) -> float:
 
 
 def _load_prompt(prompt: str | PromptFile) -> PromptFile:
-    if isinstance(prompt, PromptFile):
+    if not isinstance(prompt, str):
         return prompt
     from fmstack.prompts.library import PromptLibrary
 
