@@ -21,10 +21,16 @@ How it drives llama.cpp, and why:
   decoded alone different logits than the same token decoded inside a batch (max |diff| 1.6 on
   SmolLM2, enough to flip the argmax); with it the two are bit-identical. That makes
   ``score()`` (one batched pass) agree with the logprobs of a generation (one token at a
-  time), and makes the KV-prefix reuse below exact.
+  time).
 * **KV-prefix reuse.** The cache remembers which tokens it holds; a new prompt (or the next of
   ``n`` samples) only decodes what differs from the cached prefix. Every decode step re-checks
-  that, so a stream interleaved with another call on the same model stays correct.
+  that, so a stream interleaved with another call on the same model stays correct. It is not
+  bit-exact: a prompt prefilled in two pieces (a cached prefix, then the rest) gives other
+  logits than the same prompt prefilled at once. Measured on SmolLM2 Q4_1, an 89-token prompt
+  split after token 8..80 moved the last position's logits by up to 1.16 (max abs), and a
+  scored token's logprob by 0.34 nats (llama.cpp's CPU kernels are not invariant to how the
+  tokens are batched). Greedy outputs can therefore depend on what the cache held before;
+  callers that need order-independent numbers (the LLM reranker) clear the cache first.
 * **Structured output** compiles ``structured.to_gbnf(fmt)`` with ``llama_sampler_init_grammar``
   (in llama-cpp-python 0.3.36 ``LlamaGrammar.from_string`` only stores the text; parsing happens
   here, and a grammar llama.cpp rejects is a ConfigError instead of a NULL sampler).
