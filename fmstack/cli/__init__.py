@@ -1,8 +1,8 @@
 """The ``fmstack`` command line: thin wiring from flags to the library, then printing.
 
-One module per command group (models, generate, chat, logs, prompt, eval, rag); ``common`` holds the error
-contract and shared flags. Heavy imports (pydantic models, llama.cpp, torch) happen inside the
-commands, so ``fmstack --help`` stays fast.
+One module per command group (models, generate, chat, logs, prompt, eval, rag); ``common``
+holds the error contract and shared flags. Heavy imports (pydantic models, llama.cpp, torch)
+happen inside the commands, so ``fmstack --help`` stays fast.
 """
 
 from __future__ import annotations
