@@ -38,6 +38,7 @@ lint: install
 bench: install
 	$(BIN)/python bench/models.py
 	$(BIN)/python bench/eval.py
+	$(BIN)/python bench/rag.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
