@@ -15,7 +15,15 @@ import pytest
 from fmstack.errors import ConfigError
 from fmstack.models.base import Model
 from fmstack.models.registry import load_model
-from fmstack.rag.answer import NO_ANSWER, NO_SOURCES, Answer, answer, build_request, citations
+from fmstack.rag.answer import (
+    NO_ANSWER,
+    NO_SOURCES,
+    Answer,
+    answer,
+    build_request,
+    citation_pattern,
+    citations,
+)
 from fmstack.rag.documents import Chunk, Hit, chunk_id
 
 FACTS = [
@@ -58,6 +66,16 @@ def test_citations_are_parsed_in_order_and_checked() -> None:
     assert not Answer.from_text("q", NO_ANSWER, HITS).grounded
 
 
+def test_the_citation_constraint_admits_only_cited_sentences_or_the_refusal() -> None:
+    import re
+
+    pattern = re.compile(citation_pattern(3))
+    good = ["Paris is the capital [1].", "A is true [1][3]. B follows [2].", NO_ANSWER]
+    bad = ["Paris is the capital.", "Paris [4].", "A [1]. B [2]. C [3]. D [1].", ""]
+    assert all(pattern.fullmatch(t) for t in good)
+    assert not any(pattern.fullmatch(t) for t in bad)
+
+
 def test_the_model_sees_numbered_delimited_sources(smol: Model) -> None:
     before = len(traces(smol))
     streamed: list[str] = []
@@ -87,7 +105,7 @@ def test_no_relevant_context_says_so_without_a_model_call(smol: Model) -> None:
 
 
 def test_sources_that_overflow_the_window_are_dropped_lowest_first() -> None:
-    small = load_model("smollm2", n_threads=2, n_ctx=256)
+    small = load_model("smollm2", n_threads=2, n_ctx=512)
     try:
         long = [hit(i + 1, f"doc{i}.txt", f"Fact number {i}: " + "word " * 60)
                 for i in range(6)]

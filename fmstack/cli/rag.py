@@ -191,6 +191,9 @@ def ask(
     where: WhereOpt = None,
     hyde: Annotated[bool, typer.Option(
         "--hyde", help="Search with hypothetical answers (HyDE) as well.")] = False,
+    cite: Annotated[bool, typer.Option(
+        "--cite", help="Constrain the answer: every sentence cites a source, or it is the "
+        "refusal (for small models that forget to cite).")] = False,
     max_tokens: common.MaxTokens = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -214,6 +217,7 @@ def ask(
             with Collection.open(name) as col:
                 result = rag_ask(col, lm, question, k=k, mode=mode,  # type: ignore[arg-type]
                                  reranker=reranker, where=filters, hyde=hyde,
+                                 require_citations=cite,
                                  on_text=None if as_json else show, **params)
         finally:
             lm.close()

@@ -134,11 +134,23 @@ def build_request(model: Model, question: str, hits: Sequence[Hit], *,
         kept.pop()
 
 
+def citation_pattern(n_sources: int) -> str:
+    """A regex for an answer in which every sentence ends with citations of sources
+    ``1..n_sources`` (``... [2][3].``), one to three sentences, or the refusal sentence."""
+    numbers = "|".join(str(i) for i in range(1, n_sources + 1))
+    claim = rf"[^\[\]\n.]{{1,120}} (\[({numbers})\])+\."
+    refusal = NO_ANSWER.replace(".", r"\.")
+    return rf"{refusal}|{claim}( {claim}){{0,2}}"
+
+
 def answer(model: Model, question: str, hits: Sequence[Hit], *,
            prompt: str | PromptFile = "rag-answer", min_score: float | None = None,
-           on_text: Callable[[str], None] | None = None, **params: Any) -> Answer:
+           on_text: Callable[[str], None] | None = None, require_citations: bool = False,
+           **params: Any) -> Answer:
     """Answer ``question`` from ``hits`` (best first) with citations; see the module doc.
-    ``on_text`` receives the answer's text as it streams."""
+    ``on_text`` receives the answer's text as it streams. ``require_citations`` constrains
+    decoding (``citation_pattern``) so that every sentence cites a source that exists, or the
+    answer is the refusal: small models otherwise often answer without citing."""
     usable = [h for h in hits if min_score is None or h.score >= min_score]
     if not usable:
         if on_text is not None:
@@ -149,6 +161,11 @@ def answer(model: Model, question: str, hits: Sequence[Hit], *,
     if not sources:
         raise ConfigError("not even one source fits the model's context window with the "
                           "question; use smaller chunks or a model with a longer context")
+    if require_citations:
+        from fmstack.models.types import RegexFormat
+
+        fmt = RegexFormat(pattern=citation_pattern(len(sources)))
+        request.params = request.params.model_copy(update={"response_format": fmt})
     completion: Completion | None = None
     if on_text is None:
         completion = model.complete(request)
