@@ -224,7 +224,9 @@ def faiss_recall(flat: Collection, qvecs: Any, flat_top: list[list[str]]) -> dic
         chunks = [Chunk(id=cid, doc_id=cid, text="", start=0, end=0, source="")
                   for cid in stored.ids]
         index.build(chunks, vectors=stored.vectors[[by_row[c.id] for c in chunks]])
-        overlap = [len({cid for cid, _ in index.search_ids(v, K)} & set(top)) / len(top)
+        # flat_top holds document ids; a whole-document chunk's id is "<doc_id>#0-<hash>".
+        overlap = [len({cid.rpartition("#")[0] for cid, _ in index.search_ids(v, K)}
+                       & set(top)) / len(top)
                    for v, top in zip(qvecs, flat_top, strict=True) if top]
         out[kind] = {"recall@10": round(statistics.mean(overlap), 4),
                      "effective_kind": index.effective_kind,

@@ -101,7 +101,9 @@ def test_eval_stores_a_run_with_retrieval_metrics(corpus: Path, tmp_path: Path) 
 def test_hybrid_search_and_ask_with_citations(corpus: Path) -> None:
     ok("rag", "index", str(corpus), "--name", "h", "--chunker", "sentence")
     hits = ok_json("rag", "search", "h", "Which city is the capital of France?", "-k", "3")
-    assert hits[0]["doc_id"] == "paris.md" and hits[0]["retriever"] == "rrf"
+    assert hits[0]["doc_id"] == "paris.md" and hits[0]["retriever"] == "weighted"
+    rrf = ok_json("rag", "search", "h", "Which city is the capital of France?", "--fusion", "rrf")
+    assert rrf[0]["doc_id"] == "paris.md" and rrf[0]["retriever"] == "rrf"
     dense = ok_json("rag", "search", "h", "hot beverage temperature", "--mode", "dense")
     assert dense[0]["doc_id"] == "tea.txt"  # no shared words: only embeddings find it
 

@@ -34,6 +34,9 @@ ModeOpt = Annotated[str | None, typer.Option(
 KOpt = Annotated[int, typer.Option("--k", "-k", help="How many chunks to retrieve.")]
 RerankOpt = Annotated[str | None, typer.Option(
     "--rerank", metavar="SPEC", help="Rerank the candidates: llm:MODEL or cross-encoder:PATH.")]
+FusionOpt = Annotated[str, typer.Option(
+    "--fusion", help="Hybrid fusion: weighted (min-max scores, 0.5/0.5) or rrf.")]
+RrfKOpt = Annotated[int, typer.Option("--rrf-k", help="RRF's k (with --fusion rrf).")]
 WhereOpt = Annotated[list[str] | None, typer.Option(
     "--where", metavar="KEY=VALUE", help="Metadata filter (repeatable; source accepts a glob).")]
 
@@ -149,6 +152,8 @@ def search(
     k: KOpt = 5,
     rerank: RerankOpt = None,
     where: WhereOpt = None,
+    fusion: FusionOpt = "weighted",
+    rrf_k: RrfKOpt = 60,
     as_json: JsonOpt = False,
 ) -> None:
     """The best chunks for QUERY."""
@@ -161,7 +166,7 @@ def search(
         reranker = get_reranker(rerank) if rerank else None
         with Collection.open(name) as col:
             hits = retrieve(col, query, k=k, mode=mode, reranker=reranker,  # type: ignore[arg-type]
-                            where=filters)
+                            where=filters, fusion=fusion, rrf_k=rrf_k)  # type: ignore[arg-type]
     if as_json:
         common.print_json([_hit_json(h) for h in hits])
         return
@@ -191,6 +196,8 @@ def ask(
     where: WhereOpt = None,
     hyde: Annotated[bool, typer.Option(
         "--hyde", help="Search with hypothetical answers (HyDE) as well.")] = False,
+    fusion: FusionOpt = "weighted",
+    rrf_k: RrfKOpt = 60,
     cite: Annotated[bool, typer.Option(
         "--cite", help="Constrain the answer: every sentence cites a source, or it is the "
         "refusal (for small models that forget to cite).")] = False,
@@ -217,7 +224,8 @@ def ask(
             with Collection.open(name) as col:
                 result = rag_ask(col, lm, question, k=k, mode=mode,  # type: ignore[arg-type]
                                  reranker=reranker, where=filters, hyde=hyde,
-                                 require_citations=cite,
+                                 require_citations=cite, fusion=fusion,  # type: ignore[arg-type]
+                                 rrf_k=rrf_k,
                                  on_text=None if as_json else show, **params)
         finally:
             lm.close()
@@ -251,6 +259,8 @@ def evaluate(
     mode: ModeOpt = None,
     k: KOpt = 10,
     rerank: RerankOpt = None,
+    fusion: FusionOpt = "weighted",
+    rrf_k: RrfKOpt = 60,
     limit: Annotated[int | None, typer.Option("--limit", help="First N queries.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -260,7 +270,10 @@ def evaluate(
         from fmstack.eval.runner import run_suite
         from fmstack.rag.evaluate import retrieval_suite
 
-        suite = retrieval_suite(name, qrels, k=k, mode=mode, rerank=rerank, limit=limit)
+        if fusion not in ("weighted", "rrf"):
+            raise ConfigError(f"--fusion {fusion!r}: use weighted or rrf")
+        suite = retrieval_suite(name, qrels, k=k, mode=mode, rerank=rerank, limit=limit,
+                                fusion=fusion, rrf_k=rrf_k)
         result = run_suite(suite, progress=not as_json)
     metrics = {key: v for key, v in result.summary.items()
                if isinstance(v, dict) and "mean" in v}

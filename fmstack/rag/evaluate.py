@@ -29,16 +29,16 @@ class RetrievalTarget:
     """The suite target: ``(model, request, case) -> {"final", "retrieved", "chunks"}``."""
 
     def __init__(self, collection: str, *, k: int, mode: str | None,
-                 rerank: str | None = None) -> None:
+                 rerank: str | None = None, fusion: str = "weighted", rrf_k: int = 60) -> None:
         from fmstack.rag.collection import Collection
 
         self.collection: Collection = Collection.open(collection)
-        self.k, self.mode, self.rerank = k, mode, rerank
+        self.k, self.mode, self.rerank, self.fusion, self.rrf_k = k, mode, rerank, fusion, rrf_k
         self._reranker: Any = None
         self.__qualname__ = f"RetrievalTarget[{collection}]"
         state = {"collection": collection, "state": self.collection.manifest.get("state"),
                  "updated": self.collection.manifest.get("updated"), "k": k, "mode": mode,
-                 "rerank": rerank}
+                 "rerank": rerank, "fusion": fusion, "rrf_k": rrf_k}
         self.fingerprint = hashlib.sha256(json.dumps(state, sort_keys=True).encode()
                                           ).hexdigest()[:12]
 
@@ -50,7 +50,8 @@ class RetrievalTarget:
 
             self._reranker = get_reranker(self.rerank)
         hits = retrieve(self.collection, str(case.vars["query"]), k=self.k,
-                        mode=self.mode, reranker=self._reranker)  # type: ignore[arg-type]
+                        mode=self.mode, reranker=self._reranker,  # type: ignore[arg-type]
+                        fusion=self.fusion, rrf_k=self.rrf_k)  # type: ignore[arg-type]
         docs = list(dict.fromkeys(h.chunk.doc_id for h in hits))
         return {"final": hits[0].chunk.text if hits else "", "retrieved": docs,
                 "chunks": [h.chunk.id for h in hits]}
@@ -58,16 +59,19 @@ class RetrievalTarget:
 
 def retrieval_suite(collection: str, qrels: str | Path, *, k: int = 10,
                     mode: str | None = None, rerank: str | None = None,
-                    limit: int | None = None) -> Suite:
+                    limit: int | None = None, fusion: str = "weighted",
+                    rrf_k: int = 60) -> Suite:
     """The suite for ``fmstack rag eval`` (see the module doc)."""
     from fmstack.rag.stdlib_corpus import read_qrels
 
     queries = read_qrels(qrels)[:limit]
     cases = [Case(id=q.id, vars={"query": q.text}, expected=q.relevant) for q in queries]
-    target = RetrievalTarget(collection, k=k, mode=mode, rerank=rerank)
+    target = RetrievalTarget(collection, k=k, mode=mode, rerank=rerank, fusion=fusion,
+                             rrf_k=rrf_k)
     return Suite(
         name=f"rag-{collection}",
-        description=f"retrieval on {Path(qrels).name}: mode {mode or 'default'}, k={k}"
+        description=f"retrieval on {Path(qrels).name}: mode {mode or 'default'}, k={k}, "
+                    f"fusion {fusion}" + (f" (k={rrf_k})" if fusion == "rrf" else "")
                     + (f", rerank {rerank}" if rerank else ""),
         prompts=[InlinePromptConfig(name="query", user="{{ query }}")],
         cases=cases, target=target, concurrency=1,
