@@ -161,3 +161,18 @@ def test_sql_shows_the_query_and_never_writes(tmp_path: Path) -> None:
     assert "nope.db: no such database file" in error("rag", "sql", str(tmp_path / "nope.db"),
                                                      "x")
     assert not (tmp_path / "nope.db").exists()
+
+
+@pytest.mark.slow  # SmolLM2 writes one context per chunk
+def test_contextual_indexing_puts_a_context_before_each_chunk(tmp_path: Path) -> None:
+    doc = tmp_path / "report.md"
+    doc.write_text("# Q3 report\n\nRevenue grew 12% to 4.1 million euros.\n\n"
+                   "# Outlook\n\nThe company expects slower growth next year.\n")
+    out = ok_json("rag", "index", str(doc), "--name", "ctx", "--dense", "none",
+                  "--chunker", "markdown", "--contextual", "smollm2")
+    assert out["chunks"] == 2
+    hits = ok_json("rag", "search", "ctx", "revenue growth", "-k", "2")
+    assert all(h["context"] for h in hits)  # stored, and indexed with the chunk
+    # Re-indexing an unchanged file makes no model calls (and keeps the contexts).
+    assert ok_json("rag", "index", str(doc), "--name", "ctx", "--contextual", "smollm2"
+                   )["unchanged"] == 1

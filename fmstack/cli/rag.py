@@ -56,7 +56,7 @@ def _where(items: list[str] | None) -> dict[str, Any] | None:
 def _hit_json(h: Hit) -> dict[str, Any]:
     return {"rank": h.rank, "score": h.score, "retriever": h.retriever, "id": h.chunk.id,
             "doc_id": h.chunk.doc_id, "source": h.chunk.source, "text": h.chunk.text,
-            "metadata": h.chunk.metadata}
+            "context": h.chunk.context, "metadata": h.chunk.metadata}
 
 
 @app.command("index")
