@@ -116,6 +116,12 @@ class PromptLibrary:
         return unified_diff(a["content"], b_text, f"{name}@{a['version']}", b_label)
 
 
+def get_prompt(prompt: str | PromptFile) -> PromptFile:
+    """A prompt given by name or path (looked up in the default library), or as a PromptFile
+    already loaded: the one way the parts that take a ``prompt=`` option resolve it."""
+    return prompt if isinstance(prompt, PromptFile) else PromptLibrary().get(prompt)
+
+
 @dataclass
 class Rendered:
     """A prompt as the model receives it: ``text`` is the chat template applied to

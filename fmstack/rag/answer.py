@@ -109,11 +109,11 @@ def build_request(model: Model, question: str, hits: Sequence[Hit], *,
     """The request for ``question`` over as many of ``hits`` as fit the model's context
     window, keeping room for the answer (``reserve_tokens``, default the prompt's
     ``max_tokens``)."""
-    from fmstack.prompts.library import PromptLibrary
+    from fmstack.prompts.library import get_prompt
 
     if not question.strip():
         raise ConfigError("the question is empty")
-    file = prompt if not isinstance(prompt, str) else PromptLibrary().get(prompt)
+    file = get_prompt(prompt)
     for name in ("question", "sources"):
         if name not in file.inputs:
             raise ConfigError(f"prompt {file.name} must declare a {name!r} input to answer "

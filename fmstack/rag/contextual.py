@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from fmstack.config import cache_dir
 from fmstack.errors import CapabilityError, ConfigError
+from fmstack.prompts.library import get_prompt
 from fmstack.rag.documents import Chunk, Document
 
 if TYPE_CHECKING:
@@ -47,14 +48,6 @@ TRUNCATION_NOTE = "[... document truncated: only the part around the chunk is sh
 # Room left for the chat template, the instructions and a margin when sizing the document.
 _OVERHEAD_TOKENS = 64
 _DEFAULT_CONTEXT_LENGTH = 4096  # for models that do not say (remote APIs)
-
-
-def _load_prompt(prompt: str | PromptFile) -> PromptFile:
-    if not isinstance(prompt, str):
-        return prompt
-    from fmstack.prompts.library import PromptLibrary
-
-    return PromptLibrary().get(prompt)
 
 
 def doc_sha(doc: Document) -> str:
@@ -187,7 +180,7 @@ def contextualize(
                                        or max_doc_tokens < 1):
         raise ConfigError(f"contextualize: max_doc_tokens must be an integer >= 1, "
                           f"not {max_doc_tokens!r}")
-    prompt_file = _load_prompt(prompt)
+    prompt_file = get_prompt(prompt)
     missing_inputs = {"document", "chunk"} - set(prompt_file.inputs)
     if missing_inputs:
         raise ConfigError(f"{prompt_file.where}: a context prompt needs the inputs document "

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from fmstack.errors import ConfigError
+from fmstack.prompts.library import get_prompt
 
 if TYPE_CHECKING:
     import numpy as np
@@ -32,14 +33,6 @@ if TYPE_CHECKING:
 # Labels a small model likes to repeat before its answer ("Standalone question: ...").
 _LEAD_IN = re.compile(r"^\s*(standalone|rewritten|rephrased)?\s*(question|query)\s*:\s*",
                       re.IGNORECASE)
-
-
-def _load_prompt(prompt: str | PromptFile) -> PromptFile:
-    if not isinstance(prompt, str):
-        return prompt
-    from fmstack.prompts.library import PromptLibrary
-
-    return PromptLibrary().get(prompt)
 
 
 def format_conversation(conversation: Sequence[Message]) -> str:
@@ -79,7 +72,7 @@ def rewrite_query(
     transcript = format_conversation(conversation)
     if not transcript:
         return question
-    request = _load_prompt(prompt).request(
+    request = get_prompt(prompt).request(
         {"conversation": transcript, "question": question}, **params
     )
     return _one_line(model.complete(request).text) or question
@@ -100,7 +93,7 @@ def hyde(
         raise ConfigError("hyde: the question is empty")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"hyde: n must be an integer >= 1, not {n!r}")
-    request = _load_prompt(prompt).request({"question": question}, n=n, **params)
+    request = get_prompt(prompt).request({"question": question}, n=n, **params)
     completion = model.complete(request)
     return [text for text in (c.text.strip() for c in completion.choices) if text]
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fmstack.errors import ConfigError, ModelNotFoundError, missing
+from fmstack.prompts.library import get_prompt
 from fmstack.rag.documents import Hit
 
 if TYPE_CHECKING:
@@ -154,14 +155,6 @@ def _logsumexp(values: Sequence[float]) -> float:
     return top + math.log(sum(math.exp(v - top) for v in values))
 
 
-def _load_prompt(prompt: str | PromptFile) -> PromptFile:
-    if not isinstance(prompt, str):
-        return prompt
-    from fmstack.prompts.library import PromptLibrary
-
-    return PromptLibrary().get(prompt)
-
-
 def truncate_tokens(model: Model, text: str, max_tokens: int) -> str:
     """``text`` cut to its first ``max_tokens`` tokens under ``model``'s tokenizer."""
     ids = model.tokenize(text)
@@ -194,7 +187,7 @@ class LLMReranker:
             raise ConfigError(f"max_passage_tokens must be an integer >= 1, "
                               f"not {max_passage_tokens!r}")
         self.model = model
-        self.prompt = _load_prompt(prompt)
+        self.prompt = get_prompt(prompt)
         missing_inputs = {"query", "passage"} - set(self.prompt.inputs)
         if missing_inputs:
             raise ConfigError(f"{self.prompt.where}: a relevance prompt needs the inputs query "
