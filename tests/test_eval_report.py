@@ -378,9 +378,12 @@ def test_cli_run_on_smollm2_then_show_report_and_threshold_gate(tmp_path: Path) 
 def test_cli_run_interrupted_by_ctrl_c_then_resumed_without_repeated_calls() -> None:
     suite = Path(__file__).parents[1] / "examples" / "suites" / "capitals.yaml"
     fmstack = Path(sys.executable).parent / "fmstack"
+    # A job started in the background inherits SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt: give the child the default disposition, as a terminal would.
     proc = subprocess.Popen([str(fmstack), "eval", "run", str(suite), "--no-progress"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "COLUMNS": "200"})
+                            env={**os.environ, "COLUMNS": "200"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     store = EvalStore()
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
