@@ -12,7 +12,7 @@ import sys
 import typer
 
 from fmstack import __version__
-from fmstack.cli import chat, common, generate, logs, models, prompt, rag
+from fmstack.cli import chat, common, generate, logs, models, prompt, rag, serve
 from fmstack.cli import eval as eval_cli
 
 app = typer.Typer(
@@ -48,6 +48,7 @@ app.add_typer(logs.app, name="logs")
 app.add_typer(prompt.app, name="prompt")
 app.add_typer(eval_cli.app, name="eval")
 app.add_typer(rag.app, name="rag")
+app.command("serve")(serve.serve)
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""``fmstack serve``: an OpenAI-compatible API over fmstack models (see ``app``)."""
