@@ -134,6 +134,12 @@ def test_oversized_and_overlong_prompts_are_refused_and_the_server_keeps_serving
                        "messages": [{"role": "user", "content": "word " * 4000}]}).encode()
     code, data = post(base_url, "/chat/completions", long)
     assert code == 400 and "context window" in data["error"]["message"]
+    assert data["error"]["code"] == "context_length_exceeded"
+    # A stream is refused the same way, before it starts.
+    streamed = json.dumps({"model": "smollm2", "stream": True,
+                           "messages": [{"role": "user", "content": "word " * 4000}]}).encode()
+    code, data = post(base_url, "/chat/completions", streamed)
+    assert code == 400 and "context window" in data["error"]["message"]
     ok = client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=4)  # type: ignore[arg-type]
     assert ok.choices[0].message.content is not None
 

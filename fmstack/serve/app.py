@@ -20,8 +20,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi import Request as HTTPRequest
@@ -183,6 +183,20 @@ def create_app(models: Mapping[str, Model]) -> FastAPI:
                            param="n")
         return body
 
+    def check_fits(model: Model, request: Request) -> None:
+        """A prompt over the context window is a 400 before any work (streams included)."""
+        window = model.context_length
+        if window is None:  # a remote model: its own server checks
+            return
+        text = (model.render_chat(request.messages) if request.messages is not None
+                else request.prompt or "")
+        used = len(model.tokenize(text, special=request.messages is not None))
+        if used >= window:
+            raise APIError(400, f"the prompt is {used} tokens; the context window of "
+                                f"{model.name} is {window} tokens",
+                           param="messages" if request.messages is not None else "prompt",
+                           code="context_length_exceeded")
+
     def run(model: Model, request: Request) -> Completion:
         try:
             return model.complete(request)
@@ -206,6 +220,7 @@ def create_app(models: Mapping[str, Model]) -> FastAPI:
         model = model_for(body.model)
         request = Request(messages=body.messages, params=_params(body, chat=True),
                           tags={"api": "chat.completions"})
+        await run_in_threadpool(check_fits, model, request)
         rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if body.stream:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
@@ -225,6 +240,7 @@ def create_app(models: Mapping[str, Model]) -> FastAPI:
         model = model_for(body.model)
         request = Request(prompt=body.prompt, params=_params(body, chat=False),
                           tags={"api": "completions"})
+        await run_in_threadpool(check_fits, model, request)
         rid = f"cmpl-{uuid.uuid4().hex[:24]}"
         if body.stream:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
@@ -252,47 +268,43 @@ def _stream(model: Model, request: Request) -> Iterator[Any]:
         yield APIError(400 if isinstance(e, ConfigError | ContextLengthError) else 500, str(e))
 
 
-def _chat_events(model: Model, request: Request, rid: str, name: str,
-                 include_usage: bool) -> Iterator[str]:
-    base: dict[str, Any] = {"id": rid, "object": "chat.completion.chunk",
-                            "created": int(time.time()), "model": name}
-    yield _sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                     "finish_reason": None}]})
+def _events(model: Model, request: Request, base: dict[str, Any], include_usage: bool,
+            choice: Callable[[str, str | None], dict[str, Any]],
+            first: dict[str, Any] | None = None) -> Iterator[str]:
+    """The SSE stream of one request: ``first`` (if any), a chunk per delta shaped by
+    ``choice(text, finish_reason)``, the usage chunk when asked for, then ``[DONE]``."""
+    if first is not None:
+        yield _sse({**base, "choices": [first]})
     final: Completion | None = None
     for delta in _stream(model, request):
         if isinstance(delta, APIError):
             yield _sse(delta.body())
-            yield _sse("[DONE]")
-            return
-        finish: Literal["stop", "length"] | None = None
+            break
+        finish = None
         if delta.finish_reason is not None:
-            finish = "length" if delta.finish_reason == "length" else "stop"
-            final = delta.completion
+            finish, final = _finish(delta.finish_reason), delta.completion
         if delta.text or finish:
-            yield _sse({**base, "choices": [{"index": 0, "delta": {"content": delta.text}
-                                             if delta.text else {}, "finish_reason": finish}]})
-    if include_usage and final is not None:
-        yield _sse({**base, "choices": [], "usage": _usage(final)})
+            yield _sse({**base, "choices": [choice(delta.text, finish)]})
+    else:
+        if include_usage and final is not None:
+            yield _sse({**base, "choices": [], "usage": _usage(final)})
     yield _sse("[DONE]")
+
+
+def _chat_events(model: Model, request: Request, rid: str, name: str,
+                 include_usage: bool) -> Iterator[str]:
+    base = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": name}
+    return _events(model, request, base, include_usage,
+                   lambda text, finish: {"index": 0, "delta": {"content": text} if text else {},
+                                         "finish_reason": finish},
+                   first={"index": 0, "delta": {"role": "assistant", "content": ""},
+                          "finish_reason": None})
 
 
 def _text_events(model: Model, request: Request, rid: str, name: str,
                  include_usage: bool) -> Iterator[str]:
-    base: dict[str, Any] = {"id": rid, "object": "text_completion",
-                            "created": int(time.time()), "model": name}
-    final: Completion | None = None
-    for delta in _stream(model, request):
-        if isinstance(delta, APIError):
-            yield _sse(delta.body())
-            yield _sse("[DONE]")
-            return
-        finish = None
-        if delta.finish_reason is not None:
-            finish = "length" if delta.finish_reason == "length" else "stop"
-            final = delta.completion
-        if delta.text or finish:
-            yield _sse({**base, "choices": [{"index": 0, "text": delta.text, "logprobs": None,
-                                             "finish_reason": finish}]})
-    if include_usage and final is not None:
-        yield _sse({**base, "choices": [], "usage": _usage(final)})
-    yield _sse("[DONE]")
+    base = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": name}
+    return _events(model, request, base, include_usage,
+                   lambda text, finish: {"index": 0, "text": text, "logprobs": None,
+                                         "finish_reason": finish})
