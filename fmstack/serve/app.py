@@ -37,26 +37,13 @@ from fmstack.models.types import (
     Request,
     SamplingParams,
 )
+from fmstack.serve.errors import APIError
 
 if TYPE_CHECKING:
     from fmstack.models.base import Model
 
 # Larger bodies are refused before parsing (a 10 MB prompt is a client error, not work).
 MAX_BODY_BYTES = 4 * 1024 * 1024
-
-
-class APIError(Exception):
-    """An error answered in OpenAI's shape with an HTTP status."""
-
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = (status, message, type,
-                                                                       param, code)
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param,
-                          "code": self.code}}
 
 
 class _Body(BaseModel):
@@ -152,7 +139,7 @@ def create_app(models: Mapping[str, Model]) -> FastAPI:
 
     @app.exception_handler(APIError)
     async def _api_error(_: HTTPRequest, e: APIError) -> JSONResponse:
-        return JSONResponse(e.body(), status_code=e.status)
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
     def model_for(name: str) -> Model:
         if name not in models:
