@@ -12,7 +12,7 @@ import sys
 import typer
 
 from fmstack import __version__
-from fmstack.cli import chat, common, generate, logs, models, prompt, rag, serve
+from fmstack.cli import chat, common, generate, keys, logs, models, prompt, rag, serve
 from fmstack.cli import eval as eval_cli
 
 app = typer.Typer(
@@ -49,6 +49,7 @@ app.add_typer(prompt.app, name="prompt")
 app.add_typer(eval_cli.app, name="eval")
 app.add_typer(rag.app, name="rag")
 app.command("serve")(serve.serve)
+app.add_typer(keys.app, name="keys")
 
 
 def main() -> None:

@@ -97,6 +97,21 @@ MIGRATIONS: list[str] = [
     ALTER TABLE eval_samples ADD COLUMN components TEXT;
     ALTER TABLE eval_samples ADD COLUMN turns TEXT;
     """,
+    # v5: API keys for `fmstack serve` (fmstack.serve.auth): only the SHA-256 of a key is kept;
+    # a name is unique among the keys not revoked.
+    """
+    CREATE TABLE api_keys (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        prefix TEXT NOT NULL,
+        hash TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL,
+        last_used_at TEXT,
+        revoked_at TEXT,
+        rate_limit INTEGER
+    );
+    CREATE UNIQUE INDEX api_keys_active_name ON api_keys(name) WHERE revoked_at IS NULL;
+    """,
 ]
 
 
