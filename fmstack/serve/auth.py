@@ -24,7 +24,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -190,7 +190,7 @@ class KeyStore:
                                        (used, info.id))
                 except sqlite3.OperationalError:
                     return info  # a busy database must not fail the request over a hint
-                info = KeyInfo(**{**info.__dict__, "last_used_at": used})
+                info = replace(info, last_used_at=used)
         return info
 
     def active(self) -> bool:
