@@ -33,7 +33,14 @@ class ContextLengthError(FmstackError):
 
 
 class EndpointError(FmstackError):
-    """A remote endpoint is unreachable, rejected the key, or answered with an error."""
+    """A remote endpoint is unreachable, rejected the key, or answered with an error.
+
+    ``status`` is the HTTP status it answered, None when it did not answer (a gateway retries
+    those and 5xx/429, never other 4xx)."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class OutputValidationError(FmstackError):

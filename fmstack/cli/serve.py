@@ -1,7 +1,13 @@
-"""``fmstack serve``: the OpenAI-compatible API (``fmstack.serve.app``) on a local port."""
+"""``fmstack serve``: the OpenAI-compatible API and gateway (``fmstack.serve``) on a port.
+
+Models come from ``--model`` flags (``NAME=URI`` or a bare alias/URI, served under itself) or
+from ``--config FILE`` (``fmstack.serve.config`` documents the format); flags given with a
+config override its defaults for every route.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -11,15 +17,38 @@ from fmstack.cli import common
 
 def serve(
     model: Annotated[list[str] | None, typer.Option(
-        "--model", "-m", help="Model alias or URI to serve (repeatable); clients pick it by "
-        "its name.")] = None,
+        "--model", "-m", help="Model to serve, as ALIAS/URI or NAME=ALIAS/URI (repeatable; "
+        "one name given twice is two replicas).")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="Serve config (YAML): routes, replicas, fallbacks, limits.")
+    ] = None,
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
     threads: Annotated[int | None, typer.Option(
         "--threads", help="CPU threads for local models.")] = None,
+    max_queue: Annotated[int | None, typer.Option(
+        "--max-queue", help="Requests that may wait per model before 429 (default 64).")
+    ] = None,
+    max_concurrency: Annotated[int | None, typer.Option(
+        "--max-concurrency", help="Requests running at once per replica (default 1).")
+    ] = None,
+    timeout: Annotated[float | None, typer.Option(
+        "--timeout", help="Seconds one attempt may take before it is retried or fails.")
+    ] = None,
+    cache: Annotated[bool, typer.Option(
+        "--cache", help="Answer repeated deterministic requests (temperature 0 or a seed) "
+        "from memory.")] = False,
+    embeddings: Annotated[list[str] | None, typer.Option(
+        "--embeddings", help="Embedding model for /v1/embeddings (repeatable; default minilm)."
+    )] = None,
+    keys: Annotated[bool, typer.Option(
+        "--keys", help="Require an API key (see `fmstack keys create`).")] = False,
+    cors: Annotated[list[str] | None, typer.Option(
+        "--cors-origin", help="Browser origin allowed to call the API (repeatable; * for any)."
+    )] = None,
+    ui: Annotated[bool, typer.Option("--ui/--no-ui", help="Serve the web UI at /.")] = True,
 ) -> None:
-    """Serve models over an OpenAI-compatible API (/v1/chat/completions, /v1/completions,
-    /v1/models, /health)."""
+    """Serve models over an OpenAI-compatible API, with a playground and traces at /."""
     with common.user_errors():
         from fmstack.errors import ConfigError, missing
 
@@ -29,19 +58,84 @@ def serve(
             from fmstack.serve.app import create_app
         except ImportError:
             raise missing("fastapi", "serve") from None
-        from fmstack.models.registry import load_model
+        from fmstack.serve.cache import ResponseCache
+        from fmstack.serve.config import ServeConfig, load_config
+        from fmstack.serve.gateway import RouteSpec
 
-        names = model or [common.DEFAULT_MODEL]
-        if len(set(names)) != len(names):
-            raise ConfigError("a model is named twice")
         if not 0 < port < 65536:
             raise ConfigError(f"--port {port} is not a TCP port")
-        options: dict[str, Any] = {} if threads is None else {"n_threads": threads}
-        loaded = {name: load_model(name, **options) for name in names}
-    common.err().print(f"serving {', '.join(loaded)} on http://{host}:{port}/v1",
-                       markup=False)
+        if config is not None and model:
+            raise ConfigError("give models with --model or in --config, not both")
+        cfg = load_config(config) if config is not None else ServeConfig(
+            models=_routes(model or [common.DEFAULT_MODEL]),
+            embeddings=embeddings or ["minilm"])
+        overrides: dict[str, Any] = {k: v for k, v in {
+            "max_queue": max_queue, "max_concurrency": max_concurrency,
+            "timeout": timeout}.items() if v is not None}
+        specs = [RouteSpec.model_validate({**spec.model_dump(), **overrides})
+                 for spec in cfg.models]
+        if threads is not None:
+            for spec in specs:
+                spec.options.setdefault("n_threads", threads)
+        if embeddings:
+            cfg.embeddings = embeddings
+        if cache and cfg.cache is None:
+            from fmstack.serve.config import CacheSpec
+
+            cfg.cache = CacheSpec()
+        keystore = None
+        if keys or cfg.require_keys:
+            from fmstack.serve.auth import KeyStore
+
+            keystore = KeyStore()
+            if not keystore.active():
+                raise ConfigError("--keys needs at least one API key: run "
+                                  "`fmstack keys create NAME` first")
+        gateway = _load(specs)
+    app = create_app(gateway, keys=keystore, embeddings=cfg.embeddings,
+                     cache=ResponseCache(cfg.cache.max_entries) if cfg.cache else None,
+                     cors_origins=[*cfg.cors_origins, *(cors or [])], ui=ui)
+    common.err().print(f"serving {', '.join(gateway.routes)} on http://{host}:{port}/v1"
+                       f"{f' (UI at http://{host}:{port}/)' if ui else ''}", markup=False)
     try:
-        uvicorn.run(create_app(loaded), host=host, port=port, log_level="warning")
+        uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
-        for m in loaded.values():
-            m.close()
+        gateway.close()
+
+
+def _routes(flags: list[str]) -> list[Any]:
+    """``--model`` flags as route specs: ``NAME=URI`` or a bare URI named after itself; a name
+    given twice gets two replicas."""
+    from fmstack.serve.gateway import RouteSpec
+
+    uris: dict[str, list[str]] = {}
+    for flag in flags:
+        name, sep, uri = flag.partition("=")
+        if not sep:
+            name, uri = flag, flag
+        if not name or not uri:
+            from fmstack.errors import ConfigError
+
+            raise ConfigError(f"--model {flag!r} is not NAME=URI or a model alias/URI")
+        uris.setdefault(name, []).append(uri)
+    return [RouteSpec(name=name, uris=u) for name, u in uris.items()]
+
+
+def _load(specs: list[Any]) -> Any:
+    """Load every replica (closing what was loaded when one fails)."""
+    from fmstack.models.registry import load_model
+    from fmstack.serve.gateway import Gateway, Replica, Route
+
+    routes: list[Route] = []
+    try:
+        for spec in specs:
+            route = Route(spec, [])
+            routes.append(route)
+            for uri in spec.uris:
+                route.replicas.append(Replica(load_model(uri, **spec.options)))
+        return Gateway(routes)
+    except BaseException:
+        for route in routes:
+            for replica in route.replicas:
+                replica.model.close()
+        raise

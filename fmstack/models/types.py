@@ -219,6 +219,8 @@ class Choice(BaseModel):
 class Usage(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Prompt tokens the backend reused from its prefix (KV) cache instead of computing.
+    cached_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:

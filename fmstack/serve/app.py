@@ -1,297 +1,513 @@
-"""An OpenAI-compatible HTTP API over fmstack models (FastAPI): the first slice of
-``fmstack serve`` (issue 6).
+"""``fmstack serve``: an OpenAI-compatible HTTP API and gateway over fmstack models (FastAPI).
 
-Endpoints: ``/v1/chat/completions`` and ``/v1/completions`` (non-streaming and server-sent
-events, with a final usage chunk when ``stream_options.include_usage`` is set; ``n``, ``stop``,
-``seed``, ``logprobs``/``top_logprobs``, ``response_format`` ``json_object``/``json_schema``),
-``/v1/models`` and ``/health``. Requests are checked before any work: an unknown model is a
-404, a bad field a 400 naming it, ``n > 1`` with streaming a 400, a body over 4 MB a 413;
-errors use OpenAI's JSON shape ``{"error": {"message", "type", "param", "code"}}``. Each
-request goes through the Model layer, so it is traced like any other call.
+Endpoints: ``/v1/chat/completions`` (tools included) and ``/v1/completions`` (streamed as
+server-sent events or not), ``/v1/embeddings``, ``/v1/models``, ``/health``, ``/metrics``
+(Prometheus) and the web UI at ``/`` with its ``/api/*`` routes (``fmstack.serve.ui``).
+
+A request's path: the auth dependency (API keys and per-key rate limits, when keys are on) →
+the body parsed and checked, every 4xx before any work (``protocol``) → the prompt measured
+against the context window → the exact-response cache (deterministic requests only) → the
+gateway (``gateway``: the route's queue, a replica, retries, fallbacks, timeouts) → the
+response. A client that disconnects, before or during the stream, cancels its generation.
+Every generation goes through the Model layer, so it is traced like any other call.
 
 FastAPI is imported at module level (it resolves the handlers' annotations there); the CLI
-imports this module only when serving. Not yet built (issue 6): batching across requests, a
-bounded queue with 429s, the response cache, API keys, /metrics, the web UI, tools, several
-backends behind one name (replicas, fallbacks).
+imports this module only when serving.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
+import base64
+import contextlib
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi import Request as HTTPRequest
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fmstack.errors import CapabilityError, ConfigError, ContextLengthError, FmstackError
-from fmstack.models.types import (
-    Completion,
-    JsonSchemaFormat,
-    Message,
-    Request,
-    SamplingParams,
-)
+from fmstack.errors import FmstackError
+from fmstack.models.types import Completion, Delta, Request
+from fmstack.serve import protocol
+from fmstack.serve.cache import ResponseCache, deterministic
 from fmstack.serve.errors import APIError
+from fmstack.serve.gateway import Attempt, Gateway, Route, client_error
+from fmstack.serve.metrics import ServerMetrics
+from fmstack.serve.protocol import ChatBody, CompletionBody, EmbeddingBody, sse
 
 if TYPE_CHECKING:
     from fmstack.models.base import Model
+    from fmstack.models.embeddings import Embedder
+    from fmstack.serve.auth import KeyStore
+    from fmstack.store.traces import TraceStore
+
+T = TypeVar("T")
 
 # Larger bodies are refused before parsing (a 10 MB prompt is a client error, not work).
 MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_EMBEDDING_INPUTS = 2048
+# How often a waiting request checks whether its client is still there.
+DISCONNECT_POLL_S = 0.1
 
 
-class _Body(BaseModel):
-    # Unknown fields are ignored, as OpenAI's API does (clients send `user`, `metadata`, ...).
-    model_config = ConfigDict(extra="ignore")
-    model: str
-    temperature: float | None = None
-    top_p: float | None = None
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    n: int = 1
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
-    stream: bool = False
-    stream_options: dict[str, Any] | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
-    response_format: dict[str, Any] | None = None
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready."""
 
 
-class ChatBody(_Body):
-    messages: list[Message] = Field(min_length=1)
+class _StatusCounter:
+    """ASGI middleware: counts every /v1 answer by model, endpoint and status.
+
+    Pure ASGI rather than BaseHTTPMiddleware, which would buffer streams and hide client
+    disconnects from the handlers."""
+
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        status = 499  # nothing sent: the client went away first (nginx's convention)
+
+        async def counting_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            model = scope.get("state", {}).get("model", "-")
+            self.metrics.requests.labels(model, path.removeprefix("/v1/"), str(status)).inc()
 
 
-class CompletionBody(_Body):
-    prompt: str
-    logprobs: int | None = None  # type: ignore[assignment]  # legacy API: a count
+def create_app(served: Mapping[str, Model] | Gateway, *, keys: KeyStore | None = None,
+               cache: ResponseCache | None = None, embeddings: Sequence[str] = (),
+               cors_origins: Sequence[str] = (), traces: TraceStore | None = None,
+               ui: bool = True) -> FastAPI:
+    """The API over ``served``: name -> loaded Model, or a Gateway of routes.
 
+    ``keys``: require an API key on /v1 and /api routes (per-key rate limits apply).
+    ``cache``: answer repeated deterministic requests from it. ``embeddings``: embedder
+    aliases served on /v1/embeddings, loaded on first use. ``cors_origins``: browser origins
+    allowed to call the API. ``traces``: the store the UI browses (default: the user's).
+    """
+    gateway = served if isinstance(served, Gateway) else Gateway.of(dict(served))
+    metrics = ServerMetrics(lambda: [(r.name, r.waiting, r.running)
+                                     for r in gateway.routes.values()])
+    gateway.on_retry = lambda route, e: metrics.retries.labels(route).inc()
+    embedders = _Embedders(embeddings)
+    limiter = None
+    if keys is not None:
+        from fmstack.serve.auth import RateLimiter
 
-def _params(body: _Body, chat: bool) -> SamplingParams:
-    values: dict[str, Any] = {"n": body.n}
-    for name in ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty"):
-        if getattr(body, name) is not None:
-            values[name] = getattr(body, name)
-    limit = body.max_completion_tokens or body.max_tokens
-    if limit is not None:
-        values["max_tokens"] = limit
-    if body.stop is not None:
-        values["stop"] = [body.stop] if isinstance(body.stop, str) else body.stop
-    if chat:
-        if body.logprobs:
-            values.update(logprobs=True, top_logprobs=body.top_logprobs or 0)
-    elif isinstance(body, CompletionBody) and body.logprobs:
-        values.update(logprobs=True, top_logprobs=body.logprobs)
-    fmt = body.response_format
-    if fmt is not None:
-        kind = fmt.get("type")
-        if kind == "json_schema":
-            spec = fmt.get("json_schema") or {}
-            if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
-                raise APIError(400, "response_format.json_schema.schema must be a JSON Schema "
-                                    "object", param="response_format")
-            values["response_format"] = JsonSchemaFormat(schema=spec["schema"],
-                                                         name=spec.get("name", "output"))
-        elif kind == "json_object":
-            values["response_format"] = JsonSchemaFormat(schema={"type": "object"})
-        elif kind != "text":
-            raise APIError(400, f"response_format.type {kind!r} is not one of text, "
-                                "json_object, json_schema", param="response_format")
-    try:
-        return SamplingParams.model_validate(values)
-    except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        raise APIError(400, f"{field}: {err['msg']}", param=field) from None
+        limiter = RateLimiter()
 
+    async def auth(http: HTTPRequest) -> None:
+        if keys is None or not http.url.path.startswith(("/v1/", "/api/")):
+            return
+        from fmstack.serve.auth import authenticate
 
-def _finish(reason: str) -> str:
-    return "length" if reason == "length" else "stop"
+        assert limiter is not None
+        info = await run_in_threadpool(authenticate, http.headers.get("authorization"), keys,
+                                       limiter)
+        http.state.key = info.name
 
+    app = FastAPI(title="fmstack", docs_url=None, redoc_url=None,
+                  dependencies=[Depends(auth)])
+    app.add_middleware(_StatusCounter, metrics=metrics)
+    if cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
 
-def _usage(c: Completion) -> dict[str, int]:
-    return {"prompt_tokens": c.usage.prompt_tokens,
-            "completion_tokens": c.usage.completion_tokens,
-            "total_tokens": c.usage.prompt_tokens + c.usage.completion_tokens}
-
-
-def _chat_logprobs(choice: Any) -> dict[str, Any] | None:
-    if choice.logprobs is None:
-        return None
-    return {"content": [{"token": t.token, "logprob": t.logprob, "bytes": None,
-                         "top_logprobs": [{"token": a.token, "logprob": a.logprob,
-                                           "bytes": None} for a in t.top]}
-                        for t in choice.logprobs]}
-
-
-def create_app(models: Mapping[str, Model]) -> FastAPI:
-    """The API over ``models`` (name -> loaded Model); requests pick one by ``model``."""
-    app = FastAPI(title="fmstack", docs_url=None, redoc_url=None)
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins),
+                           allow_methods=["GET", "POST", "OPTIONS"],
+                           allow_headers=["Authorization", "Content-Type"],
+                           expose_headers=["Retry-After", "x-fmstack-cache"])
     created = int(time.time())
 
     @app.exception_handler(APIError)
     async def _api_error(_: HTTPRequest, e: APIError) -> JSONResponse:
         return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
-    def model_for(name: str) -> Model:
-        if name not in models:
-            raise APIError(404, f"model {name!r} is not served here (models: "
-                                f"{', '.join(models)})", param="model",
-                           code="model_not_found")
-        return models[name]
-
-    async def parse(http: HTTPRequest, cls: type[_Body]) -> Any:
-        raw = await http.body()
-        if len(raw) > MAX_BODY_BYTES:
-            raise APIError(413, f"request body of {len(raw)} bytes is over the limit of "
-                                f"{MAX_BODY_BYTES} bytes")
-        try:
-            data = json.loads(raw)
-        except ValueError as e:
-            raise APIError(400, f"the body is not valid JSON: {e}") from None
-        if not isinstance(data, dict):
-            raise APIError(400, "the body must be a JSON object")
-        try:
-            body = cls.model_validate(data)
-        except ValidationError as e:
-            err = e.errors()[0]
-            field = ".".join(str(p) for p in err["loc"])
-            raise APIError(400, f"{field}: {err['msg']}", param=field) from None
-        if body.stream and body.n > 1:
-            raise APIError(400, "n > 1 cannot be streamed: ask for stream=false or n=1",
-                           param="n")
+    async def body_of(http: HTTPRequest, cls: type[T]) -> T:
+        body: T = protocol.parse(await http.body(), cls, MAX_BODY_BYTES)  # type: ignore[arg-type]
         return body
 
-    def check_fits(model: Model, request: Request) -> None:
+    def route_of(http: HTTPRequest, name: str) -> Route:
+        route = gateway.route(name)
+        http.state.model = route.name  # for the status counter: only served names
+        return route
+
+    def tags(http: HTTPRequest, api: str) -> dict[str, str]:
+        key = getattr(http.state, "key", None)
+        return {"api": api, **({"api_key": key} if key else {})}
+
+    async def watch(http: HTTPRequest, work: Awaitable[T], model: str) -> T:
+        """``work``, cancelled if the client disconnects first (uvicorn does not cancel a
+        handler whose client left; without this a queued request would still run)."""
+        task: asyncio.Future[T] = asyncio.ensure_future(work)
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                try:
+                    return task.result()
+                except FmstackError as e:
+                    raise client_error(e) from None
+            if await http.is_disconnected():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+                metrics.cancelled.labels(model).inc()
+                raise ClientGone
+
+    async def generate(http: HTTPRequest, route: Route, request: Request, stream: bool,
+                       include_usage: bool, make: _Shaper) -> Response:
+        """Run ``request`` on ``route`` and answer it, streamed or whole."""
+        started = time.perf_counter()
+        headers: dict[str, str] = {}
+        key = None
+        if cache is not None and deterministic(request):
+            key = cache.key(route.name, request)
+            hit = cache.get(key)
+            metrics.cache.labels(route.name, "hit" if hit else "miss").inc()
+            headers["x-fmstack-cache"] = "hit" if hit else "miss"
+            if hit is not None:
+                if stream:
+                    return StreamingResponse(_replay(hit, make, include_usage),
+                                             media_type="text/event-stream", headers=headers)
+                return JSONResponse(make.whole(hit), headers=headers)
+        attempt = Attempt(route=route.name, replica="")
+
+        def done(c: Completion) -> None:
+            metrics.completed(route.name, c, time.perf_counter() - started)
+            if attempt.fallback:
+                metrics.fallbacks.labels(route.name).inc()
+            if key is not None and cache is not None:
+                cache.put(key, c)
+
+        try:
+            if not stream:
+                c = await watch(http, gateway.complete(route.name, request, attempt),
+                                route.name)
+                done(c)
+                headers["x-fmstack-replica"] = attempt.replica
+                return JSONResponse(make.whole(c), headers=headers)
+            deltas = gateway.run(route.name, request, stream=True, attempt=attempt)
+            # The first delta is awaited before answering, so a full queue, a dead upstream
+            # or a timeout before any token is an HTTP error, not a broken stream.
+            first = await watch(http, deltas.__anext__(), route.name)
+        except ClientGone:
+            return Response(status_code=499)
+        except StopAsyncIteration:
+            return JSONResponse(APIError(500, "the model ended without answering",
+                                         type="server_error").body(), status_code=500)
+        headers["x-fmstack-replica"] = attempt.replica
+        return StreamingResponse(
+            _events(first, deltas, make, include_usage, done,
+                    lambda: metrics.cancelled.labels(route.name).inc()),
+            media_type="text/event-stream", headers=headers)
+
+    async def check_fits(route: Route, request: Request) -> None:
         """A prompt over the context window is a 400 before any work (streams included)."""
+        model = route.model
         window = model.context_length
         if window is None:  # a remote model: its own server checks
             return
-        text = (model.render_chat(request.messages) if request.messages is not None
-                else request.prompt or "")
-        used = len(model.tokenize(text, special=request.messages is not None))
+
+        def count() -> int:
+            text = (model.render_chat(request.messages) if request.messages is not None
+                    else request.prompt or "")
+            return len(model.tokenize(text, special=request.messages is not None))
+
+        try:
+            used = await run_in_threadpool(count)
+        except FmstackError as e:
+            raise client_error(e) from None
         if used >= window:
             raise APIError(400, f"the prompt is {used} tokens; the context window of "
-                                f"{model.name} is {window} tokens",
+                                f"{route.name} is {window} tokens",
                            param="messages" if request.messages is not None else "prompt",
                            code="context_length_exceeded")
 
-    def run(model: Model, request: Request) -> Completion:
-        try:
-            return model.complete(request)
-        except (ContextLengthError, CapabilityError, ConfigError) as e:
-            raise APIError(400, str(e)) from None
-        except FmstackError as e:
-            raise APIError(500, str(e), type="server_error") from None
-
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "models": list(models)}
+        return {"status": "ok", "models": list(gateway.routes),
+                "queues": {r.name: {"waiting": r.waiting, "running": r.running}
+                           for r in gateway.routes.values()}}
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        payload, content_type = metrics.render()
+        return Response(payload, media_type=content_type)
 
     @app.get("/v1/models")
     def list_models() -> dict[str, Any]:
+        names = [*gateway.routes, *embeddings]
         return {"object": "list", "data": [{"id": name, "object": "model", "created": created,
-                                            "owned_by": "fmstack"} for name in models]}
+                                            "owned_by": "fmstack"} for name in names]}
 
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat(http: HTTPRequest) -> Any:
-        body: ChatBody = await parse(http, ChatBody)
-        model = model_for(body.model)
-        request = Request(messages=body.messages, params=_params(body, chat=True),
-                          tags={"api": "chat.completions"})
-        await run_in_threadpool(check_fits, model, request)
-        rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        if body.stream:
-            include_usage = bool((body.stream_options or {}).get("include_usage"))
-            return StreamingResponse(_chat_events(model, request, rid, body.model,
-                                                  include_usage),
-                                     media_type="text/event-stream")
-        c = await run_in_threadpool(run, model, request)
-        return {"id": rid, "object": "chat.completion", "created": int(time.time()),
-                "model": body.model, "usage": _usage(c),
-                "choices": [{"index": ch.index, "finish_reason": _finish(ch.finish_reason),
-                             "message": {"role": "assistant", "content": ch.text},
-                             "logprobs": _chat_logprobs(ch)} for ch in c.choices]}
+    async def chat(http: HTTPRequest) -> Response:
+        from fmstack.serve.tools import plan_tools
+
+        body = await body_of(http, ChatBody)
+        route = route_of(http, body.model)
+        plan = plan_tools(body.messages, body.tools, body.tool_choice)
+        request = Request(messages=plan.messages,
+                          params=protocol.sampling_params(body, plan.response_format),
+                          tags=tags(http, "chat.completions"))
+        await check_fits(route, request)
+        return await generate(http, route, request, body.stream, body.include_usage,
+                              _ChatShaper(body.model, plan if plan.active else None))
 
     @app.post("/v1/completions", response_model=None)
-    async def completions(http: HTTPRequest) -> Any:
-        body: CompletionBody = await parse(http, CompletionBody)
-        model = model_for(body.model)
-        request = Request(prompt=body.prompt, params=_params(body, chat=False),
-                          tags={"api": "completions"})
-        await run_in_threadpool(check_fits, model, request)
-        rid = f"cmpl-{uuid.uuid4().hex[:24]}"
-        if body.stream:
-            include_usage = bool((body.stream_options or {}).get("include_usage"))
-            return StreamingResponse(_text_events(model, request, rid, body.model,
-                                                  include_usage),
-                                     media_type="text/event-stream")
-        c = await run_in_threadpool(run, model, request)
-        return {"id": rid, "object": "text_completion", "created": int(time.time()),
-                "model": body.model, "usage": _usage(c),
-                "choices": [{"index": ch.index, "text": ch.text, "logprobs": None,
-                             "finish_reason": _finish(ch.finish_reason)} for ch in c.choices]}
+    async def completions(http: HTTPRequest) -> Response:
+        body = await body_of(http, CompletionBody)
+        route = route_of(http, body.model)
+        request = Request(prompt=body.prompt, params=protocol.sampling_params(body),
+                          tags=tags(http, "completions"))
+        await check_fits(route, request)
+        return await generate(http, route, request, body.stream, body.include_usage,
+                              _TextShaper(body.model))
 
+    @app.post("/v1/embeddings")
+    async def embed(http: HTTPRequest) -> dict[str, Any]:
+        body = await body_of(http, EmbeddingBody)
+        if body.model not in embeddings:
+            served = ", ".join(embeddings) or "none"
+            raise APIError(404, f"embedding model {body.model!r} is not served here "
+                                f"(embedding models: {served})", param="model",
+                           code="model_not_found")
+        http.state.model = body.model
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        if len(texts) > MAX_EMBEDDING_INPUTS:
+            raise APIError(400, f"input has {len(texts)} texts; at most "
+                                f"{MAX_EMBEDDING_INPUTS} per request", param="input")
+        if any(not t for t in texts):
+            raise APIError(400, "input holds an empty string", param="input")
+        if body.encoding_format not in ("float", "base64"):
+            raise APIError(400, f"encoding_format {body.encoding_format!r} is not float or "
+                                "base64", param="encoding_format")
+        embedder = await run_in_threadpool(embedders.get, body.model)
+        if body.dimensions is not None and body.dimensions != embedder.dim:
+            raise APIError(400, f"{body.model} makes {embedder.dim}-dimensional vectors; "
+                                f"dimensions={body.dimensions} is not supported",
+                           param="dimensions")
+        vectors, tokens = await run_in_threadpool(_embed, embedder, texts)
+        metrics.embedding_inputs.labels(body.model).inc(len(texts))
+        data = [{"object": "embedding", "index": i,
+                 "embedding": (base64.b64encode(v.astype("<f4").tobytes()).decode()
+                               if body.encoding_format == "base64" else v.tolist())}
+                for i, v in enumerate(vectors)]
+        return {"object": "list", "data": data, "model": body.model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+    if ui:
+        from fmstack.serve import ui as ui_routes
+        from fmstack.store.traces import TraceStore
+
+        app.include_router(ui_routes.router({n: r.model for n, r in gateway.routes.items()},
+                                            traces or TraceStore()))
+    app.state.gateway, app.state.metrics, app.state.cache = gateway, metrics, cache
     return app
 
 
-def _sse(data: dict[str, Any] | str) -> str:
-    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+# ----- shaping answers ------------------------------------------------------------------------
 
 
-def _stream(model: Model, request: Request) -> Iterator[Any]:
-    """The model's deltas; an error mid-stream ends the stream with an error event."""
-    try:
-        yield from model.stream(request)
-    except FmstackError as e:
-        yield APIError(400 if isinstance(e, ConfigError | ContextLengthError) else 500, str(e))
+class _Shaper:
+    """How one endpoint shapes a whole answer and stream chunks."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.id = f"{self.prefix}-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+
+    prefix = "cmpl"
+    chunk_object = "text_completion"
+
+    def base(self, obj: str) -> dict[str, Any]:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
+
+    def whole(self, c: Completion) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def opening(self) -> dict[str, Any] | None:
+        return None
+
+    def piece(self, delta: Delta) -> dict[str, Any] | None:
+        """The chunk for one delta (None: nothing to send yet)."""
+        raise NotImplementedError
+
+    def chunk(self, choice: dict[str, Any]) -> dict[str, Any]:
+        return {**self.base(self.chunk_object), "choices": [choice]}
 
 
-def _events(model: Model, request: Request, base: dict[str, Any], include_usage: bool,
-            choice: Callable[[str, str | None], dict[str, Any]],
-            first: dict[str, Any] | None = None) -> Iterator[str]:
-    """The SSE stream of one request: ``first`` (if any), a chunk per delta shaped by
-    ``choice(text, finish_reason)``, the usage chunk when asked for, then ``[DONE]``."""
-    if first is not None:
-        yield _sse({**base, "choices": [first]})
+class _TextShaper(_Shaper):
+    def whole(self, c: Completion) -> dict[str, Any]:
+        return {**self.base("text_completion"), "usage": protocol.usage(c),
+                "choices": [{"index": ch.index, "text": ch.text,
+                             "logprobs": protocol.text_logprobs(ch),
+                             "finish_reason": protocol.finish_reason(ch.finish_reason)}
+                            for ch in c.choices]}
+
+    def piece(self, delta: Delta) -> dict[str, Any] | None:
+        finish = None if delta.finish_reason is None else protocol.finish_reason(
+            delta.finish_reason)
+        if not delta.text and finish is None:
+            return None
+        return self.chunk({"index": 0, "text": delta.text, "logprobs": None,
+                           "finish_reason": finish})
+
+
+class _ChatShaper(_Shaper):
+    prefix = "chatcmpl"
+    chunk_object = "chat.completion.chunk"
+
+    def __init__(self, model: str, plan: Any) -> None:
+        super().__init__(model)
+        self.plan = plan  # a ToolPlan when tools are on: the answer is parsed at the end
+
+    def _message(self, text: str, reason: str) -> tuple[dict[str, Any], str]:
+        if self.plan is None:
+            return {"role": "assistant", "content": text}, protocol.finish_reason(reason)
+        from fmstack.serve.tools import reply_message
+
+        reply = reply_message(text, self.plan)
+        if reason == "length":
+            reply.finish_reason = "length"
+        message: dict[str, Any] = {"role": "assistant", "content": reply.content}
+        if reply.tool_calls:
+            message["tool_calls"] = reply.tool_calls
+        return message, reply.finish_reason
+
+    def whole(self, c: Completion) -> dict[str, Any]:
+        choices = []
+        for ch in c.choices:
+            message, finish = self._message(ch.text, ch.finish_reason)
+            choices.append({"index": ch.index, "finish_reason": finish, "message": message,
+                            "logprobs": protocol.chat_logprobs(ch.logprobs)})
+        return {**self.base("chat.completion"), "usage": protocol.usage(c), "choices": choices}
+
+    def opening(self) -> dict[str, Any] | None:
+        return self.chunk({"index": 0, "delta": {"role": "assistant", "content": ""},
+                           "finish_reason": None})
+
+    def piece(self, delta: Delta) -> dict[str, Any] | None:
+        if self.plan is not None:
+            # A tool call is JSON under a constraint: sent whole once it is complete.
+            if delta.completion is None:
+                return None
+            message, finish = self._message(delta.completion.text,
+                                            delta.completion.finish_reason)
+            out: dict[str, Any] = {}
+            if message.get("content"):
+                out["content"] = message["content"]
+            if message.get("tool_calls"):
+                out["tool_calls"] = [{"index": i, **call}
+                                     for i, call in enumerate(message["tool_calls"])]
+            return self.chunk({"index": 0, "delta": out, "finish_reason": finish})
+        reason = None if delta.finish_reason is None else protocol.finish_reason(
+            delta.finish_reason)
+        if not delta.text and reason is None:
+            return None
+        out = {"content": delta.text} if delta.text else {}
+        if delta.logprob is not None:
+            lp = protocol.chat_logprobs([delta.logprob])
+            return self.chunk({"index": 0, "delta": out, "logprobs": lp,
+                               "finish_reason": reason})
+        return self.chunk({"index": 0, "delta": out, "finish_reason": reason})
+
+
+async def _events(first: Delta, deltas: AsyncIterator[Delta], make: _Shaper,
+                  include_usage: bool, done: Callable[[Completion], None],
+                  cancelled: Callable[[], None]) -> AsyncIterator[str]:
+    """The SSE stream: the opening chunk, a chunk per delta, usage when asked, ``[DONE]``.
+
+    An error after the stream began ends it with an error event. A client that goes away
+    cancels this generator inside ``anext(deltas)``, and the gateway stops the generation."""
+    opening = make.opening()
+    if opening is not None:
+        yield sse(opening)
     final: Completion | None = None
-    for delta in _stream(model, request):
-        if isinstance(delta, APIError):
-            yield _sse(delta.body())
-            break
-        finish = None
-        if delta.finish_reason is not None:
-            finish, final = _finish(delta.finish_reason), delta.completion
-        if delta.text or finish:
-            yield _sse({**base, "choices": [choice(delta.text, finish)]})
-    else:
-        if include_usage and final is not None:
-            yield _sse({**base, "choices": [], "usage": _usage(final)})
-    yield _sse("[DONE]")
+    try:
+        delta: Delta | None = first
+        while delta is not None:
+            if delta.completion is not None:
+                final = delta.completion
+            chunk = make.piece(delta)
+            if chunk is not None:
+                yield sse(chunk)
+            delta = await anext(deltas, None)
+    except FmstackError as e:
+        yield sse(client_error(e).body())
+        yield sse("[DONE]")
+        return
+    except (asyncio.CancelledError, GeneratorExit):
+        cancelled()
+        raise
+    finally:
+        with contextlib.suppress(BaseException):
+            await deltas.aclose()  # type: ignore[attr-defined]
+    if final is not None:
+        done(final)
+        if include_usage:
+            yield sse({**make.base(make.chunk_object), "choices": [],
+                       "usage": protocol.usage(final)})
+    yield sse("[DONE]")
 
 
-def _chat_events(model: Model, request: Request, rid: str, name: str,
-                 include_usage: bool) -> Iterator[str]:
-    base = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()),
-            "model": name}
-    return _events(model, request, base, include_usage,
-                   lambda text, finish: {"index": 0, "delta": {"content": text} if text else {},
-                                         "finish_reason": finish},
-                   first={"index": 0, "delta": {"role": "assistant", "content": ""},
-                          "finish_reason": None})
+async def _replay(c: Completion, make: _Shaper, include_usage: bool) -> AsyncIterator[str]:
+    """A cached answer as a stream: the whole text in one chunk."""
+    opening = make.opening()
+    if opening is not None:
+        yield sse(opening)
+    choice = c.choices[0]
+    chunk = make.piece(Delta(text=choice.text))
+    if chunk is not None:
+        yield sse(chunk)
+    last = make.piece(Delta(finish_reason=choice.finish_reason, completion=c))
+    if last is not None:
+        yield sse(last)
+    if include_usage:
+        yield sse({**make.base(make.chunk_object), "choices": [], "usage": protocol.usage(c)})
+    yield sse("[DONE]")
 
 
-def _text_events(model: Model, request: Request, rid: str, name: str,
-                 include_usage: bool) -> Iterator[str]:
-    base = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": name}
-    return _events(model, request, base, include_usage,
-                   lambda text, finish: {"index": 0, "text": text, "logprobs": None,
-                                         "finish_reason": finish})
+# ----- embeddings -----------------------------------------------------------------------------
+
+
+class _Embedders:
+    """Embedding models by alias, each loaded on first use (sentence-transformers is slow to
+    import; a server that never embeds never pays for it)."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = list(names)
+        self._loaded: dict[str, Embedder] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> Embedder:
+        with self._lock:
+            if name not in self._loaded:
+                from fmstack.models.embeddings import load_embedder
+
+                try:
+                    self._loaded[name] = load_embedder(name)
+                except FmstackError as e:
+                    raise APIError(500, f"cannot load embedding model {name}: {e}",
+                                   type="server_error") from None
+            return self._loaded[name]
+
+
+def _embed(embedder: Embedder, texts: list[str]) -> tuple[Any, int]:
+    tokenizer = embedder._model.tokenizer
+    tokens = sum(len(ids) for ids in tokenizer(texts)["input_ids"])
+    return embedder.embed(texts), tokens

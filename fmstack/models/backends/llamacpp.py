@@ -126,6 +126,7 @@ class _Sample:
     generated: int = 0  # tokens sampled, end-of-turn included
     first_at: float | None = None
     last_at: float | None = None
+    cached: int = 0  # prompt tokens the KV cache already held when this sample began
 
     def choice(self, index: int, with_logprobs: bool) -> Choice:
         return Choice(
@@ -226,6 +227,7 @@ class LlamaCppModel(Model):
         # What the KV cache holds, and the logits after its last token (None: not known).
         self._kv: list[int] = []
         self._kv_logits: Logits | None = None
+        self._reused = 0  # tokens the last _forward took from the cache
         self._candidates: Any = None  # the token array samplers work on, allocated once
         self._all_ids: Any = None
         self._formatter: Any = None
@@ -338,6 +340,7 @@ class LlamaCppModel(Model):
             and reuse == len(seq) == len(self._kv)
             and self._kv_logits is not None
         ):
+            self._reused = reuse
             return self._kv_logits
         reuse = min(reuse, from_pos, len(seq) - 1)  # decode at least the last token
         mem = ll.llama_get_memory(self._llm.ctx)
@@ -346,6 +349,7 @@ class LlamaCppModel(Model):
             ll.llama_memory_clear(mem, True)
             reuse = 0
         self._kv, self._kv_logits = seq[:reuse], None
+        self._reused = reuse
         batch = self._batch
         last: Logits | None = None
         for start in range(reuse, len(seq), self._n_batch):
@@ -484,6 +488,8 @@ class LlamaCppModel(Model):
                 with self._lock:
                     self._check_open()
                     logits = self._forward(seq, len(seq) - 1)
+                    if out.generated == 0:
+                        out.cached = self._reused
                     token = self._pick(chain, logits)
                     lp = (
                         self._logprob(token, logits, params.top_logprobs)
@@ -591,6 +597,7 @@ class LlamaCppModel(Model):
             usage=Usage(
                 prompt_tokens=len(prompt.ids),
                 completion_tokens=sum(s.generated for s in samples),
+                cached_tokens=samples[0].cached if samples else 0,
             ),
             timings=Timings(
                 queue=started - submitted,

@@ -410,10 +410,10 @@ class OpenAIModel(Model):
             why = self._scrub(_server_message(e))
             if os.environ.get(self.api_key_env):
                 raise EndpointError(
-                    f"{url} rejected the API key in {self.api_key_env} (401: {why})"
+                    f"{url} rejected the API key in {self.api_key_env} (401: {why})", status=401
                 ) from None
             raise EndpointError(
-                f"{url} wants an API key (401: {why}): set {self.api_key_env}"
+                f"{url} wants an API key (401: {why}): set {self.api_key_env}", status=401
             ) from None
         except openai.APIStatusError as e:
             why = self._scrub(_server_message(e))
@@ -422,7 +422,9 @@ class OpenAIModel(Model):
             hint = ""
             if "response_format" in why and "json_schema" in why:
                 hint = " (for llama-cpp-python's server use json_schema_style='json_object')"
-            raise EndpointError(f"{url} answered HTTP {e.status_code}: {why}{hint}") from None
+            raise EndpointError(
+                f"{url} answered HTTP {e.status_code}: {why}{hint}", status=e.status_code
+            ) from None
 
     def _scrub(self, text: str) -> str:
         key = os.environ.get(self.api_key_env)
