@@ -39,6 +39,7 @@ bench: install
 	$(BIN)/python bench/models.py
 	$(BIN)/python bench/eval.py
 	$(BIN)/python bench/rag.py
+	$(BIN)/python bench/serve.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

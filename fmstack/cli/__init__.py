@@ -12,7 +12,7 @@ import sys
 import typer
 
 from fmstack import __version__
-from fmstack.cli import chat, common, generate, keys, logs, models, prompt, rag, serve
+from fmstack.cli import bench, chat, common, generate, keys, logs, models, prompt, rag, serve
 from fmstack.cli import eval as eval_cli
 
 app = typer.Typer(
@@ -48,6 +48,7 @@ app.add_typer(logs.app, name="logs")
 app.add_typer(prompt.app, name="prompt")
 app.add_typer(eval_cli.app, name="eval")
 app.add_typer(rag.app, name="rag")
+app.add_typer(bench.app, name="bench")
 app.command("serve")(serve.serve)
 app.add_typer(keys.app, name="keys")
 

@@ -1,0 +1,260 @@
+"""Serving: ``fmstack serve`` against llama-cpp-python's own server, both on SmolLM2, measured by
+``fmstack bench serve``'s library at concurrency 1, 4 and 16 with the same prompts.
+
+    make bench            # or: .venv/bin/python bench/serve.py [--max-tokens 64]
+                          #     [--concurrency 1,4,16] [--prompts 8,16,32] [--threads 1]
+
+Writes bench/results/serve.json. Both servers run as subprocesses on loopback ports with the same
+GGUF file, one CPU thread each (the machine has 2 cores and the client needs one), n_ctx 2048,
+flash attention on (fmstack's llamacpp default), greedy decoding and the same max_tokens.
+llama-cpp-python's server runs with ``--interrupt_requests False``: by default a new request cuts
+the running one short and reports it as a success.
+
+Both servers are up for the whole run and the levels alternate (fmstack then llama-cpp-python at
+each concurrency), so a change in the machine's background load hits both alike. Each server gets
+one warm-up request first. The prompts ask for long answers so that most requests run to
+max_tokens; at concurrency c the 8 prompts are cycled over c's request count.
+
+Per (server, concurrency): output tokens/s, requests/s, TTFT/TPOT/ITL/E2EL (p50, p99, mean) in
+ms with vLLM's definitions (see fmstack/bench/serve.py), and completion tokens per request:
+min/mean/max, how many ran to max_tokens, stopped early at EOS ("stop") or were cut short
+("length" or no reason, yet fewer than max_tokens), plus how many got fewer tokens than the same
+prompt alone at concurrency 1 on the same server (greedy, so a shorter answer under load means
+it was cut, whatever its finish reason says). llama-cpp-python's stream has no usage chunk, so
+its token counts are content chunks (it streams one token per chunk); fmstack reports usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from fmstack.bench.serve import (
+    BenchConfig,
+    BenchResult,
+    Prompt,
+    machine,
+    run,
+    write_json,
+)
+from fmstack.models.registry import smollm2_gguf
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPTS = [
+    "Write a long story about a lighthouse keeper.",
+    "Explain in detail how a bicycle works.",
+    "Describe a walk through a busy market.",
+    "Write a letter to a friend about your holiday.",
+    "Explain why the sky is blue, step by step.",
+    "Tell the history of a small village.",
+    "Describe how bread is baked, in detail.",
+    "Write a long poem about the sea.",
+]
+MODEL = "smollm2"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def server(name: str, cmd: list[str], ready_url: str, log: Path,
+           timeout: float = 180.0) -> Iterator[None]:
+    """Run ``cmd`` until ``ready_url`` answers 200; stop it afterwards."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, HF_HUB_OFFLINE="1"))
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    with urllib.request.urlopen(ready_url, timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except (urllib.error.URLError, OSError):
+                    pass
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode}: "
+                                       + log.read_text(errors="replace")[-2000:])
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{name} not up after {timeout:g} s")
+                time.sleep(0.2)
+            yield
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def summarize(result: BenchResult, solo: dict[int, int] | None) -> dict[str, Any]:
+    m = result.metrics
+    tokens = [r.completion_tokens for r in result.requests]
+    prompt_of = [r.index % len(PROMPTS) for r in result.requests]
+    shorter = None
+    if solo is not None:
+        shorter = sum(1 for r, p in zip(result.requests, prompt_of, strict=True)
+                      if r.ok and p in solo and r.completion_tokens < solo[p])
+
+    def r2(x: float | None) -> float | None:
+        return None if x is None else round(x, 2)
+
+    return {
+        "requests": len(result.requests),
+        "completed": m.completed,
+        "failed": m.failed,
+        "rate_limited": m.rate_limited,
+        "errors": result.errors,
+        "duration_s": r2(m.duration_s),
+        "output_tok_s": r2(m.output_throughput),
+        "request_throughput_req_s": round(m.request_throughput, 3),
+        "ttft_ms": {"p50": r2(m.ttft_ms.median), "p99": r2(m.ttft_ms.p99),
+                    "mean": r2(m.ttft_ms.mean)},
+        "tpot_ms": {"p50": r2(m.tpot_ms.median), "p99": r2(m.tpot_ms.p99),
+                    "mean": r2(m.tpot_ms.mean)},
+        "itl_ms": {"p50": r2(m.itl_ms.median), "p99": r2(m.itl_ms.p99),
+                   "mean": r2(m.itl_ms.mean)},
+        "e2el_ms": {"p50": r2(m.e2el_ms.median), "p99": r2(m.e2el_ms.p99),
+                    "mean": r2(m.e2el_ms.mean)},
+        "completion_tokens": {
+            "min": m.lengths.min, "mean": r2(m.lengths.mean), "max": m.lengths.max,
+            "full_length": m.lengths.full_length,
+            "stopped_early_eos": m.lengths.stopped_early,
+            "cut_short": m.lengths.cut_short,
+            "over_max_tokens": m.lengths.over_length,
+            "shorter_than_same_prompt_at_c1": shorter,
+            "from_usage_chunk": m.lengths.usage_reported,
+            "per_request": tokens,
+            "finish_reasons": [r.finish_reason for r in result.requests],
+        },
+    }
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else round(a / b, 3)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--concurrency", default="1,4,16")
+    ap.add_argument("--prompts", default="8,16,32",
+                    help="requests at each concurrency (same order as --concurrency)")
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads of each server")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "serve.json"))
+    args = ap.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    counts = [int(n) for n in args.prompts.split(",")]
+    if len(levels) != len(counts):
+        sys.exit("error: --concurrency and --prompts need the same number of values")
+
+    gguf = smollm2_gguf()
+    bindir = Path(sys.executable).parent
+    ports = {"fmstack": free_port(), "llama_cpp_python": free_port()}
+    commands = {
+        "fmstack": [str(bindir / "fmstack"), "serve", "--model", MODEL,
+                    "--port", str(ports["fmstack"]), "--threads", str(args.threads)],
+        "llama_cpp_python": [
+            sys.executable, "-m", "llama_cpp.server", "--model", str(gguf),
+            "--model_alias", MODEL, "--host", "127.0.0.1", "--port", str(ports["llama_cpp_python"]),
+            "--interrupt_requests", "False", "--n_ctx", "2048", "--flash_attn", "True",
+            "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads)],
+    }
+    ready = {"fmstack": f"http://127.0.0.1:{ports['fmstack']}/health",
+             "llama_cpp_python": f"http://127.0.0.1:{ports['llama_cpp_python']}/v1/models"}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "fmstack"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    results: dict[str, Any] = {
+        "benchmark": "serve",
+        "command": f"make bench  (python bench/serve.py --max-tokens {args.max_tokens} "
+                   f"--concurrency {args.concurrency} --prompts {args.prompts} "
+                   f"--threads {args.threads})",
+        "commit": commit + (" + uncommitted changes under fmstack/" if dirty else ""),
+        "machine": machine(),
+        "model": f"SmolLM2-135M-Instruct Q4_1 GGUF ({gguf.name})",
+        "servers": {name: " ".join(Path(c).name if i < 2 else c for i, c in enumerate(cmd))
+                    for name, cmd in commands.items()},
+        "settings": {"max_tokens": args.max_tokens, "temperature": 0, "endpoint": "chat",
+                     "threads_per_server": args.threads, "levels": dict(zip(
+                         [f"c{c}" for c in levels], counts, strict=True)),
+                     "prompts": PROMPTS},
+        "notes": [
+            "metrics as vLLM's bench serve (fmstack/bench/serve.py); latencies in ms",
+            "llama-cpp-python's server streams no usage chunk: its completion tokens are the "
+            "content chunks (one token each), and its prompt tokens are unknown",
+            "shorter_than_same_prompt_at_c1: greedy answers under load that came out shorter "
+            "than the same prompt alone on the same server (a cut-short request looks like "
+            "this even when its finish reason says stop)",
+        ],
+        "results": {},
+        "ratio_fmstack_over_llama_cpp_python": {},
+    }
+    logs = Path(os.environ.get("TMPDIR", "/tmp"))
+    solo: dict[str, dict[int, int]] = {}
+    with ExitStack() as stack:
+        for name, cmd in commands.items():
+            print(f"[bench] starting {name}: {' '.join(cmd)}", flush=True)
+            stack.enter_context(server(name, cmd, ready[name], logs / f"bench-serve-{name}.log"))
+        for name in commands:
+            warm = BenchConfig(base_url=f"http://127.0.0.1:{ports[name]}/v1", model=MODEL,
+                               max_tokens=8, concurrency=1)
+            run(warm, [Prompt(text="Hello")], progress=False)
+        for c, n in zip(levels, counts, strict=True):
+            prompts = [Prompt(text=PROMPTS[i % len(PROMPTS)]) for i in range(n)]
+            for name in commands:
+                print(f"[bench] {name} c={c} n={n}", flush=True)
+                config = BenchConfig(base_url=f"http://127.0.0.1:{ports[name]}/v1",
+                                     model=MODEL, max_tokens=args.max_tokens, concurrency=c)
+                result = run(config, prompts)
+                if c == 1:
+                    solo[name] = {r.index % len(PROMPTS): r.completion_tokens
+                                  for r in result.requests if r.ok}
+                row = summarize(result, solo.get(name) if c != 1 else None)
+                results["results"].setdefault(f"c{c}", {})[name] = row
+                print(f"[bench]   {row['output_tok_s']} tok/s, TTFT p50 {row['ttft_ms']['p50']} "
+                      f"ms, failed {row['failed']}, tokens {row['completion_tokens']['min']}-"
+                      f"{row['completion_tokens']['max']}", flush=True)
+            pair = results["results"][f"c{c}"]
+            f, ll = pair["fmstack"], pair["llama_cpp_python"]
+            results["ratio_fmstack_over_llama_cpp_python"][f"c{c}"] = {
+                "output_tok_s": ratio(f["output_tok_s"], ll["output_tok_s"]),
+                "request_throughput": ratio(f["request_throughput_req_s"],
+                                            ll["request_throughput_req_s"]),
+                "ttft_p50": ratio(f["ttft_ms"]["p50"], ll["ttft_ms"]["p50"]),
+                "ttft_p99": ratio(f["ttft_ms"]["p99"], ll["ttft_ms"]["p99"]),
+                "tpot_p50": ratio(f["tpot_ms"]["p50"], ll["tpot_ms"]["p50"]),
+            }
+            write_json(args.out, results)  # after each level, so an interrupted run keeps it
+    # Every request completed and got its full answer: none failed, none was cut short by
+    # finish reason, none came out shorter than the same prompt alone.
+    results["all_requests_complete_and_uncut"] = {
+        f"{c}/{name}": not (row["failed"] or row["completion_tokens"]["cut_short"]
+                            or row["completion_tokens"]["shorter_than_same_prompt_at_c1"])
+        for c, pair in results["results"].items() for name, row in pair.items()}
+    write_json(args.out, results)
+    print(f"[bench] ratios fmstack/llama-cpp-python: "
+          f"{results['ratio_fmstack_over_llama_cpp_python']}")
+    print(f"[bench] wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""``fmstack bench``: load tests. ``bench serve`` drives any OpenAI-compatible URL
+(``fmstack.bench.serve``) and prints vLLM-style serving metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from fmstack.cli import common
+
+if TYPE_CHECKING:
+    from fmstack.bench.serve import BenchResult
+
+app = typer.Typer(help="Benchmarks: load-test a serving endpoint.", no_args_is_help=True)
+
+
+@app.command(
+    "serve",
+    # vLLM's form `--goodput ttft:500 tpot:50` leaves `tpot:50` as an extra argument.
+    context_settings={"allow_extra_args": True},
+)
+def serve(
+    ctx: typer.Context,
+    base_url: Annotated[str, typer.Option(
+        "--base-url", help="The server's OpenAI base URL.")] = "http://127.0.0.1:8000/v1",
+    model: Annotated[str, typer.Option("--model", "-m", help="Model name to request.")] =
+        common.DEFAULT_MODEL,
+    endpoint: Annotated[str, typer.Option(
+        "--endpoint", help="chat (/v1/chat/completions) or completions (/v1/completions).")] =
+        "chat",
+    dataset: Annotated[str, typer.Option(
+        "--dataset", help="gsm8k (built in) or a JSONL file of {\"prompt\": ...} or "
+        "{\"messages\": [...]} rows.")] = "gsm8k",
+    num_prompts: Annotated[int, typer.Option("--num-prompts", "-n")] = 50,
+    max_tokens: Annotated[int, typer.Option("--max-tokens")] = 128,
+    concurrency: Annotated[int | None, typer.Option(
+        "--concurrency", "-c", help="Fixed number of requests in flight [default: 1].")] = None,
+    request_rate: Annotated[float | None, typer.Option(
+        "--request-rate", help="Poisson arrivals at this many requests/s (inf: all at once).")]
+        = None,
+    max_concurrency: Annotated[int | None, typer.Option(
+        "--max-concurrency", help="Cap on requests in flight with --request-rate.")] = None,
+    goodput: Annotated[list[str] | None, typer.Option(
+        "--goodput", help="SLOs in ms, e.g. --goodput ttft:500 tpot:50 e2el:5000.")] = None,
+    temperature: Annotated[float, typer.Option("--temperature", "-t")] = 0.0,
+    ignore_eos: Annotated[bool, typer.Option(
+        "--ignore-eos", help="Send ignore_eos (vLLM's extension) so answers run to max_tokens.")]
+        = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the Poisson arrivals.")] = 0,
+    api_key: Annotated[str | None, typer.Option(
+        "--api-key", envvar="OPENAI_API_KEY", show_envvar=False,
+        help="Bearer key [default: $OPENAI_API_KEY].")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds per request.")] = 600.0,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the JSON results here.")]
+        = None,
+) -> None:
+    """Load-test an OpenAI-compatible server: TTFT, TPOT, ITL, E2E latency, throughput and
+    goodput, with the definitions of vLLM's `bench serve`."""
+    with common.user_errors():
+        from fmstack.errors import ConfigError
+
+        specs = list(goodput or [])
+        if ctx.args:
+            if not goodput or any(a.startswith("-") or ":" not in a for a in ctx.args):
+                raise ConfigError(f"unexpected argument(s): {' '.join(ctx.args)}")
+            specs += ctx.args
+        if endpoint not in ("chat", "completions"):
+            raise ConfigError(f"--endpoint must be chat or completions, got {endpoint!r}")
+        from fmstack.bench import serve as bench
+
+        config = bench.BenchConfig(
+            base_url=base_url, model=model, max_tokens=max_tokens,
+            endpoint="chat" if endpoint == "chat" else "completions",
+            concurrency=concurrency, request_rate=request_rate,
+            max_concurrency=max_concurrency, seed=seed, temperature=temperature,
+            ignore_eos=ignore_eos, goodput=bench.parse_goodput(specs), api_key=api_key,
+            timeout_s=timeout)
+        if max_concurrency is not None and request_rate is None:
+            raise ConfigError("--max-concurrency applies to --request-rate; "
+                              "use --concurrency for a fixed number in flight")
+        config.validate()
+        prompts = bench.load_prompts(dataset, num_prompts)
+        served = bench.check_endpoint(base_url, api_key)  # unreachable: say so before the run
+        if served and model not in served:
+            common.err().print(f"note: {model!r} is not listed by {base_url}/models "
+                               f"({', '.join(served)}); sending anyway", markup=False,
+                               style="yellow")
+        load = (f"request rate {request_rate:g}/s" if request_rate is not None
+                else f"concurrency {concurrency or 1}")
+        common.err().print(f"benchmarking {model} at {config.url()}: {len(prompts)} prompts "
+                           f"from {dataset}, {load}, max_tokens {max_tokens}", markup=False)
+        result = bench.run(config, prompts, check=False)
+        result.settings["dataset"] = dataset
+        if out is not None:
+            bench.write_json(out, result.to_json())
+    print_result(result)
+    if out is not None:
+        common.err().print(f"wrote {out}", markup=False)
+    if result.metrics.completed == 0:
+        raise common.fail(f"every request failed: {result.errors[0] if result.errors else ''}")
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+def print_result(result: BenchResult) -> None:
+    from rich.table import Table
+
+    m = result.metrics
+    head = Table(title="Serving benchmark", box=None, show_header=False, pad_edge=False)
+    head.add_column(style="bold")
+    head.add_column(justify="right")
+    rate = result.settings.get("request_rate")
+    rows = [
+        ("Successful requests", str(m.completed)),
+        ("Failed requests", f"{m.failed} ({m.rate_limited} HTTP 429)"),
+        ("Load", f"request rate {rate}/s" if rate is not None
+         else f"concurrency {result.settings.get('concurrency')}"),
+        ("Benchmark duration (s)", f"{m.duration_s:.2f}"),
+        ("Total input tokens", str(m.total_input_tokens)),
+        ("Total generated tokens", str(m.total_output_tokens)),
+        ("Request throughput (req/s)", f"{m.request_throughput:.2f}"),
+        ("Output token throughput (tok/s)", f"{m.output_throughput:.2f}"),
+        ("Total token throughput (tok/s)", f"{m.total_token_throughput:.2f}"),
+    ]
+    if m.request_goodput is not None:
+        rows.append(("Request goodput (req/s)",
+                     f"{m.request_goodput:.2f} ({m.good_requests} within the SLOs)"))
+    lengths = m.lengths
+    if lengths.min is not None:
+        rows.append(("Completion tokens min/mean/max",
+                     f"{lengths.min}/{lengths.mean:.1f}/{lengths.max} of {lengths.max_tokens}"))
+        rows.append(("Full length / EOS early / cut short",
+                     f"{lengths.full_length} / {lengths.stopped_early} / {lengths.cut_short}"))
+    for row in rows:
+        head.add_row(*row)
+    lat = Table(box=None, pad_edge=False)
+    for name in ("ms", "mean", "median", "p99", "std"):
+        lat.add_column(name, justify="left" if name == "ms" else "right")
+    for label, s in (("TTFT", m.ttft_ms), ("TPOT", m.tpot_ms), ("ITL", m.itl_ms),
+                     ("E2EL", m.e2el_ms)):
+        lat.add_row(label, _ms(s.mean), _ms(s.median), _ms(s.p99), _ms(s.std))
+    console = common.out()
+    console.print(head)
+    console.print(lat)
+    for e in result.errors:
+        common.err().print(f"failed: {common.shorten(e, 200)}", markup=False, style="red")
+
+
+__all__ = ["app"]
