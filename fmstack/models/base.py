@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from fmstack.errors import CapabilityError, ConfigError
+from fmstack.errors import CapabilityError, ConfigError, FmstackError
 from fmstack.models import structured
 from fmstack.models.pricing import cost_of
 from fmstack.models.types import Completion, Delta, Message, Request, Scored
@@ -90,12 +90,18 @@ class Model:
         if request.params.n != 1:
             raise ConfigError("streaming supports n=1 only")
         started = time.perf_counter()
+        finished = False
         try:
             for delta in self._stream(request):
                 if delta.completion is not None:
+                    finished = True
                     self._finish(request, delta.completion, started, kind="stream")
                 yield delta
         except GeneratorExit:
+            # The caller stopped reading (a client that went away): traced as unfinished.
+            if not finished:
+                stopped = FmstackError("cancelled: the stream was closed before it finished")
+                self._trace(request, None, stopped, time.perf_counter() - started, kind="stream")
             raise
         except Exception as e:
             self._trace(request, None, e, time.perf_counter() - started, kind="stream")

@@ -113,10 +113,12 @@ class Route:
         """The first replica: what ``/api/render`` and context checks use."""
         return self.replicas[0].model
 
-    def _free(self, avoid: set[int]) -> Replica | None:
+    def _has_free(self) -> bool:
+        return any(r.active < self.spec.max_concurrency for r in self.replicas)
+
+    def _pick(self, avoid: set[int]) -> Replica:
+        """A free replica by the route's policy (call only when one is free)."""
         free = [r for r in self.replicas if r.active < self.spec.max_concurrency]
-        if not free:
-            return None
         # A replica that just failed is tried last, not never (it may be the only one).
         preferred = [r for r in free if id(r) not in avoid] or free
         if self.spec.policy == "least_busy":
@@ -130,16 +132,15 @@ class Route:
         if self._cond is None:
             self._cond = asyncio.Condition()
         avoid = avoid or set()
-        if self._free(avoid) is None and self.waiting >= self.spec.max_queue:
+        if not self._has_free() and self.waiting >= self.spec.max_queue:
             slots = self.spec.max_concurrency * len(self.replicas)
             wait = math.ceil(self.service_s * (self.waiting + 1) / slots)
             raise QueueFull(self.name, self.waiting, max(1, wait))
         self.waiting += 1
         try:
             async with self._cond:
-                await self._cond.wait_for(lambda: self._free(avoid) is not None)
-                replica = self._free(avoid)
-                assert replica is not None
+                await self._cond.wait_for(self._has_free)
+                replica = self._pick(avoid)
                 replica.active += 1
         finally:
             self.waiting -= 1
@@ -297,7 +298,10 @@ class Gateway:
                 try:
                     async with route.slot(avoid) as replica:
                         if attempt is not None:
-                            attempt.route, attempt.replica = route.name, replica.model.name
+                            attempt.route = route.name
+                            # Replicas of one URI share a name: the index tells them apart.
+                            attempt.replica = (f"{replica.model.name}"
+                                               f"#{route.replicas.index(replica)}")
                             attempt.fallback, attempt.retries = k > 0, n
                         sent = False
                         streaming = stream and request.params.n == 1 and \
