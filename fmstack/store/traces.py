@@ -23,7 +23,9 @@ if TYPE_CHECKING:
     from fmstack.models.types import Completion, Request
 
 _KEY_PATTERN = re.compile(
-    r"\b(sk-[A-Za-z0-9_\-]{16,}|hf_[A-Za-z0-9]{20,}|Bearer\s+[A-Za-z0-9._\-]{16,})"
+    # fms-: fmstack's own API keys (fmstack keys create).
+    r"\b(sk-[A-Za-z0-9_\-]{16,}|fms-[A-Za-z0-9_\-]{16,}|hf_[A-Za-z0-9]{20,}"
+    r"|Bearer\s+[A-Za-z0-9._\-]{16,})"
 )
 _SECRET_ENV = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD)", re.I)
 REDACTED = "[REDACTED]"
@@ -105,8 +107,11 @@ class TraceStore:
         limit: int = 20,
         model: str | None = None,
         errors_only: bool = False,
+        offset: int = 0,
+        q: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Newest first."""
+        """Newest first, skipping the newest ``offset``. ``q`` keeps the traces whose prompt,
+        messages, rendered prompt or output contain it (case-insensitive for ASCII)."""
         where: list[str] = []
         args: list[object] = []
         if model:
@@ -114,11 +119,18 @@ class TraceStore:
             args.append(model)
         if errors_only:
             where.append("error IS NOT NULL")
+        if q:
+            # Messages are stored as JSON, so q is also looked for in its JSON-escaped form
+            # (a quote or a newline in it would not match the stored text otherwise).
+            needles = sorted({q, json.dumps(q, ensure_ascii=False)[1:-1]})
+            likes = [f"{col} LIKE ? ESCAPE '\\'" for col in _SEARCHED for _ in needles]
+            where.append("(" + " OR ".join(likes) + ")")
+            args.extend(_like(n) for _ in _SEARCHED for n in needles)
         sql = "SELECT * FROM traces"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY id DESC LIMIT ?"
-        args.append(limit)
+        sql += " ORDER BY id DESC LIMIT ? OFFSET ?"
+        args.extend([limit, offset])
         with self._lock:
             rows = self._conn.execute(sql, args).fetchall()
         return [_decode(r) for r in rows]
@@ -134,6 +146,14 @@ class TraceStore:
 
     def close(self) -> None:
         self._conn.close()
+
+
+_SEARCHED = ("prompt", "messages", "rendered_prompt", "output")
+
+
+def _like(needle: str) -> str:
+    """A LIKE pattern matching ``needle`` anywhere, with its own % and _ taken literally."""
+    return "%" + re.sub(r"([\\%_])", r"\\\1", needle) + "%"
 
 
 def _params(request: Request) -> dict[str, Any]:
