@@ -33,7 +33,7 @@ ADD = {"type": "function", "function": {"name": "add", "description": "Add two n
                                         "parameters": ADD_PARAMS}}
 CLOCK = {"type": "function", "function": {"name": "get_time", "description": "The time now"}}
 TOOLS = [WEATHER, ADD, CLOCK]
-ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+ASK: list[dict[str, Any]] = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
 def named(name: str) -> dict[str, Any]:
@@ -229,7 +229,7 @@ def test_bad_input_is_a_400_naming_the_problem(messages: Any, tools: Any, choice
 
 # ----- history --------------------------------------------------------------------------------
 
-CALLED = [
+CALLED: list[dict[str, Any]] = [
     {"role": "developer", "content": [{"type": "text", "text": "Answer in one sentence."}]},
     {"role": "user", "content": [{"type": "text", "text": "Weather in Paris and Oslo?"}]},
     {"role": "assistant", "content": None, "refusal": None, "tool_calls": [
@@ -271,7 +271,8 @@ def test_a_tool_calling_history_becomes_messages_the_template_renders(smollm2: A
 
 
 def test_assistant_text_beside_its_calls_is_kept() -> None:
-    messages = [*ASK, {"role": "assistant", "content": "Let me check.", "tool_calls": [
+    messages: list[dict[str, Any]] = [*ASK, {"role": "assistant", "content": "Let me check.",
+                                             "tool_calls": [
         {"id": "c9", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}]},
         {"role": "tool", "tool_call_id": "c9", "content": "12:00"},
         {"role": "user", "content": "Thanks"}]
@@ -352,3 +353,82 @@ def test_smollm2_under_auto_answers_in_a_form_that_parses(smollm2: Any, messages
         assert isinstance(reply.content, str)
     else:
         assert len(check_calls(plan, text, {"get_weather", "add", "get_time"})) == 1
+
+
+# ----- through the server, with the official openai client ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    import threading
+    import time
+
+    import openai
+    import uvicorn
+    from servers import free_port  # tests/ is on sys.path under pytest
+
+    from fmstack.serve.app import create_app
+
+    model = load_model("smollm2", n_threads=1, trace=False)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app({"smollm2": model}, ui=False),
+                                           host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    yield openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+    server.should_exit = True
+    thread.join(timeout=10)
+    model.close()
+
+
+def test_the_openai_client_gets_a_tool_call_and_sends_the_result_back(client: Any) -> None:
+    messages: list[Any] = [{"role": "user", "content": "Is it cold in Oslo?"}]
+    out = client.chat.completions.create(model="smollm2", messages=messages, tools=TOOLS,
+                                         tool_choice=named("get_weather"), temperature=0,
+                                         max_tokens=160)
+    choice = out.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    (tool_call,) = choice.message.tool_calls
+    assert tool_call.function.name == "get_weather" and tool_call.id.startswith("call_")
+    jsonschema.validate(json.loads(tool_call.function.arguments), WEATHER_PARAMS)
+    # The SDK's own message object goes back into the history, as OpenAI's docs show.
+    messages += [choice.message, {"role": "tool", "tool_call_id": tool_call.id,
+                                  "content": '{"temp_c": -3}'}]
+    again = client.chat.completions.create(model="smollm2", messages=messages, tools=TOOLS,
+                                           tool_choice="none", temperature=0, max_tokens=8)
+    assert again.choices[0].message.tool_calls is None
+    assert isinstance(again.choices[0].message.content, str)
+
+
+def test_the_openai_client_streams_a_tool_call(client: Any) -> None:
+    stream = client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "What is 2 plus 3?"}],
+        tools=TOOLS, tool_choice=named("add"), temperature=0, max_tokens=160, stream=True)
+    calls: dict[int, dict[str, str]] = {}
+    finish = None
+    for chunk in stream:
+        for delta_call in chunk.choices[0].delta.tool_calls or []:
+            got = calls.setdefault(delta_call.index, {"name": "", "arguments": ""})
+            got["name"] += delta_call.function.name or ""
+            got["arguments"] += delta_call.function.arguments or ""
+        finish = chunk.choices[0].finish_reason or finish
+    assert finish == "tool_calls"
+    assert [got["name"] for got in calls.values()] == ["add"]
+    jsonschema.validate(json.loads(calls[0]["arguments"]), ADD_PARAMS)
+
+
+def test_the_server_answers_bad_tools_with_a_400(client: Any) -> None:
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="smollm2", messages=ASK, tools=TOOLS,
+                                       tool_choice=named("launch"))
+    assert info.value.status_code == 400
+    body: dict[str, Any] = info.value.body  # type: ignore[assignment]
+    assert body["param"] == "tool_choice"
+    assert "'launch', which is not among the tools" in body["message"]
