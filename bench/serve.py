@@ -182,13 +182,15 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                             capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--", "fmstack"], cwd=ROOT,
-                           capture_output=True, text=True).stdout.strip()
+                           capture_output=True, text=True).stdout
     results: dict[str, Any] = {
         "benchmark": "serve",
         "command": f"make bench  (python bench/serve.py --max-tokens {args.max_tokens} "
                    f"--concurrency {args.concurrency} --prompts {args.prompts} "
                    f"--threads {args.threads})",
-        "commit": commit + (" + uncommitted changes under fmstack/" if dirty else ""),
+        "commit": commit,
+        # The server under test is whatever the checkout holds, committed or not.
+        "uncommitted_under_fmstack": [line[3:] for line in dirty.splitlines() if line],
         "machine": machine(),
         "model": f"SmolLM2-135M-Instruct Q4_1 GGUF ({gguf.name})",
         "servers": {name: " ".join(Path(c).name if i < 2 else c for i, c in enumerate(cmd))
@@ -201,6 +203,8 @@ def main() -> None:
             "metrics as vLLM's bench serve (fmstack/bench/serve.py); latencies in ms",
             "llama-cpp-python's server streams no usage chunk: its completion tokens are the "
             "content chunks (one token each), and its prompt tokens are unknown",
+            "loadavg_1min_before_after: the machine's 1-minute load average around each "
+            "level; above 2 (the core count) other processes competed for the CPU",
             "shorter_than_same_prompt_at_c1: greedy answers under load that came out shorter "
             "than the same prompt alone on the same server (a cut-short request looks like "
             "this even when its finish reason says stop)",
@@ -224,11 +228,15 @@ def main() -> None:
                 print(f"[bench] {name} c={c} n={n}", flush=True)
                 config = BenchConfig(base_url=f"http://127.0.0.1:{ports[name]}/v1",
                                      model=MODEL, max_tokens=args.max_tokens, concurrency=c)
+                load_before = os.getloadavg()[0]
                 result = run(config, prompts)
                 if c == 1:
                     solo[name] = {r.index % len(PROMPTS): r.completion_tokens
                                   for r in result.requests if r.ok}
                 row = summarize(result, solo.get(name) if c != 1 else None)
+                # Other work on the machine moves these numbers; record how busy it was.
+                row["loadavg_1min_before_after"] = [round(load_before, 2),
+                                                    round(os.getloadavg()[0], 2)]
                 results["results"].setdefault(f"c{c}", {})[name] = row
                 print(f"[bench]   {row['output_tok_s']} tok/s, TTFT p50 {row['ttft_ms']['p50']} "
                       f"ms, failed {row['failed']}, tokens {row['completion_tokens']['min']}-"

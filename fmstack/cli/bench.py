@@ -36,7 +36,7 @@ def serve(
     num_prompts: Annotated[int, typer.Option("--num-prompts", "-n")] = 50,
     max_tokens: Annotated[int, typer.Option("--max-tokens")] = 128,
     concurrency: Annotated[int | None, typer.Option(
-        "--concurrency", "-c", help="Fixed number of requests in flight [default: 1].")] = None,
+        "--concurrency", "-c", help="Fixed number of requests in flight (default 1).")] = None,
     request_rate: Annotated[float | None, typer.Option(
         "--request-rate", help="Poisson arrivals at this many requests/s (inf: all at once).")]
         = None,
@@ -51,7 +51,7 @@ def serve(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the Poisson arrivals.")] = 0,
     api_key: Annotated[str | None, typer.Option(
         "--api-key", envvar="OPENAI_API_KEY", show_envvar=False,
-        help="Bearer key [default: $OPENAI_API_KEY].")] = None,
+        help="Bearer key (default: $OPENAI_API_KEY).")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds per request.")] = 600.0,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the JSON results here.")]
         = None,
