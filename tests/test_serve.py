@@ -116,6 +116,10 @@ def test_json_schema_logprobs_n_and_completions(client: openai.OpenAI) -> None:
      b'"temperature": "hot"}', 400, "temperature"),
     (b'{"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], '
      b'"response_format": {"type": "xml"}}', 400, "response_format.type"),
+    (b'{"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], '
+     b'"response_format": {"type": "json_schema", "json_schema": {"name": "x", '
+     b'"schema": {"type": "nonsense"}}}}', 400, "not a valid JSON Schema"),
+    (b'{"model": "smollm2", "prompt": "hi"}', 400, "messages"),
 ])
 def test_bad_requests_get_openai_shaped_errors(base_url: str, body: bytes, status: int,
                                                words: str) -> None:

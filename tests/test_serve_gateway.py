@@ -321,3 +321,44 @@ def test_load_40_clients_200_requests_and_metrics_that_match(models: list[Model]
         assert metric(url, "fmstack_e2e_request_latency_seconds_count", model="smollm2") == ok
         assert metric(url, "fmstack_generation_tokens_total", model="smollm2") == sum(tokens)
         assert metric(url, "fmstack_queue_depth", model="smollm2") == 0
+
+
+@pytest.mark.slow
+def test_a_batch_capable_model_serves_concurrent_requests_in_one_generate(
+        session_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """SmolLM2 through transformers decodes a list together: four concurrent non-streamed
+    requests on a route with four slots share generate calls, and each gets its own answer,
+    the same as served alone (greedy)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FMSTACK_CACHE", str(session_cache))  # the converted checkpoint, shared
+        hf = load_model("smollm2-hf", trace=False, n_threads=1)
+    try:
+        gateway = Gateway([Route(RouteSpec(name="hf", uris=[hf.name], max_concurrency=4),
+                                 [Replica(hf)])])
+        questions = [f"Name a {thing}." for thing in ("fruit", "colour", "country", "river")]
+        with serving(create_app(gateway, ui=False)) as url:
+            def ask(q: str) -> str:
+                r = httpx.post(url + "/v1/chat/completions", timeout=300, json={
+                    "model": "hf", "max_tokens": 6, "temperature": 0,
+                    "messages": [{"role": "user", "content": q}]})
+                assert r.status_code == 200, r.text
+                return str(r.json()["choices"][0]["message"]["content"])
+
+            alone = [ask(q) for q in questions]
+            together: list[str] = [""] * 4
+
+            def run(i: int) -> None:
+                together[i] = ask(questions[i])
+
+            threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            batches = metric(url, "fmstack_batch_size_count", model="hf")
+            batched = metric(url, "fmstack_batch_size_sum", model="hf")
+        assert batched == 8  # every request went through the batcher
+        assert batches < 8  # and at least two of the concurrent ones shared a call
+        assert together == alone
+    finally:
+        hf.close()

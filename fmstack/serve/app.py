@@ -104,6 +104,7 @@ def create_app(served: Mapping[str, Model] | Gateway, *, keys: KeyStore | None =
     metrics = ServerMetrics(lambda: [(r.name, r.waiting, r.running)
                                      for r in gateway.routes.values()])
     gateway.on_retry = lambda route, e: metrics.retries.labels(route).inc()
+    gateway.on_batch = lambda route, size: metrics.batch_size.labels(route).observe(size)
     embedders = _Embedders(embeddings)
     limiter = None
     if keys is not None:

@@ -15,8 +15,12 @@ when there is one), then handed to the fallback routes in order. A failure after
 token cannot be retried without sending text twice: the stream ends with an error event.
 Client errors (a bad parameter, a prompt over the window) are never retried.
 
-Batching across requests is left to the backends (issue 7 builds the engine that does it for
-GGUF models); a route with ``max_concurrency`` above 1 on a local model only interleaves.
+Batching: on a backend that decodes a list of requests together (``capabilities.batch``, the
+hf backend), non-streamed requests that hold slots at the same time are handed to one
+``generate`` call: a replica's ``Batcher`` takes whatever queued while its previous batch ran.
+A route must allow ``max_concurrency`` above 1 for that to happen. llama.cpp models decode one
+sequence at a time here (issue 7 builds the engine that batches them); streams are never
+batched.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import math
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -82,12 +87,60 @@ class AttemptTimeout(EndpointError):
     """An attempt took longer than the route's ``timeout``."""
 
 
+class Batcher:
+    """Runs the requests submitted to a batch-capable model in ``generate`` calls of up to
+    ``max_batch``: one worker thread takes everything that queued while it was busy."""
+
+    def __init__(self, model: Model, max_batch: int = 16,
+                 on_batch: Callable[[int], None] | None = None) -> None:
+        self.model, self.max_batch, self.on_batch = model, max_batch, on_batch
+        self._pending: list[tuple[Request, Future[Completion]]] = []
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, request: Request) -> Future[Completion]:
+        done: Future[Completion] = Future()
+        with self._cond:
+            self._pending.append((request, done))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, daemon=True,
+                                                name="fmstack-batcher")
+                self._thread.start()
+            self._cond.notify()
+        return done
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._pending))
+                batch = self._pending[:self.max_batch]
+                del self._pending[:self.max_batch]
+            if self.on_batch is not None:
+                self.on_batch(len(batch))
+            try:
+                outs = self.model.generate([r for r, _ in batch])
+            except Exception as e:
+                if len(batch) == 1:
+                    batch[0][1].set_exception(e)
+                    continue
+                # One bad request must not fail the others: run them one by one.
+                for r, done in batch:
+                    try:
+                        done.set_result(self.model.complete(r))
+                    except Exception as one:
+                        done.set_exception(one)
+                continue
+            for (_, done), out in zip(batch, outs, strict=True):
+                done.set_result(out)
+
+
 @dataclass
 class Replica:
     model: Model
     active: int = 0
     served: int = 0
     failed: int = 0
+    batcher: Batcher | None = None  # set by the Gateway for batch-capable models
 
 
 @dataclass
@@ -182,11 +235,11 @@ class _Generation:
     token, and the backend's stream is closed on the worker thread (generators must be closed
     by the thread that runs them, and closing releases the model's lock)."""
 
-    def __init__(self, model: Model, request: Request, stream: bool) -> None:
+    def __init__(self, replica: Replica, request: Request, stream: bool) -> None:
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[Delta | BaseException | None] = asyncio.Queue()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._work, args=(model, request, stream),
+        self._thread = threading.Thread(target=self._work, args=(replica, request, stream),
                                         name="fmstack-generation", daemon=True)
         self._thread.start()
 
@@ -194,11 +247,16 @@ class _Generation:
         with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening
             self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
 
-    def _work(self, model: Model, request: Request, stream: bool) -> None:
+    def _work(self, replica: Replica, request: Request, stream: bool) -> None:
+        model = replica.model
         try:
             if not stream:
-                # n > 1, or a backend that cannot stream: one call, no mid-way cancellation.
-                completion = model.complete(request)
+                # One call, no mid-way cancellation: n > 1, a backend that cannot stream, or
+                # a batch-capable one (where requests share generate calls).
+                if replica.batcher is not None:
+                    completion = replica.batcher.submit(request).result()
+                else:
+                    completion = model.complete(request)
                 self._put(Delta(finish_reason=completion.finish_reason, completion=completion))
             else:
                 deltas = model.stream(request)
@@ -259,6 +317,20 @@ class Gateway:
                 if f == r.name:
                     raise ConfigError(f"route {r.name!r} falls back to itself")
         self.on_retry = on_retry
+        self.on_batch: Callable[[str, int], None] | None = None
+        for r in routes:
+            if r.spec.max_concurrency < 2:
+                continue
+            for rep in r.replicas:
+                if rep.model.capabilities.batch and rep.batcher is None:
+                    rep.batcher = Batcher(rep.model, r.spec.max_concurrency,
+                                          on_batch=self._batched(r.name))
+
+    def _batched(self, route: str) -> Callable[[int], None]:
+        def report(size: int) -> None:
+            if self.on_batch is not None:
+                self.on_batch(route, size)
+        return report
 
     @classmethod
     def of(cls, models: dict[str, Model] | Sequence[tuple[str, Model]]) -> Gateway:
@@ -281,7 +353,8 @@ class Gateway:
 
     async def run(self, name: str, request: Request, *, stream: bool,
                   attempt: Attempt | None = None) -> AsyncGenerator[Delta, None]:
-        """The deltas of ``request`` on route ``name`` (one final delta when not streaming).
+        """The deltas of ``request`` on route ``name`` (``stream=False``: the caller wants
+        only the final delta, which lets a batch-capable replica batch it).
 
         Failures before the first delta are retried and then sent to the fallbacks; the last
         error is raised. Closing the iterator (a client that went away) stops the generation.
@@ -304,9 +377,12 @@ class Gateway:
                                                f"#{route.replicas.index(replica)}")
                             attempt.fallback, attempt.retries = k > 0, n
                         sent = False
-                        streaming = stream and request.params.n == 1 and \
-                            replica.model.capabilities.streaming
-                        gen = _Generation(replica.model, request, streaming)
+                        caps = replica.model.capabilities
+                        # A whole answer is streamed internally too (so it can be cancelled)
+                        # unless the replica batches requests.
+                        streaming = request.params.n == 1 and caps.streaming and (
+                            stream or replica.batcher is None)
+                        gen = _Generation(replica, request, streaming)
                         try:
                             async for delta in gen.deltas(route.spec.timeout):
                                 sent = True
@@ -334,7 +410,7 @@ class Gateway:
                        attempt: Attempt | None = None) -> Completion:
         """The whole completion (non-streaming); cancellation reaches it through the task."""
         final: Completion | None = None
-        gen = self.run(name, request, stream=True, attempt=attempt)
+        gen = self.run(name, request, stream=False, attempt=attempt)
         try:
             async for delta in gen:
                 if delta.completion is not None:

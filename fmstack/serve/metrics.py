@@ -57,6 +57,9 @@ class ServerMetrics:
                                  ["model"], registry=r)
         self.cancelled = Counter("fmstack_cancelled", "Generations stopped because the client "
                                  "went away", ["model"], registry=r)
+        self.batch_size = Histogram("fmstack_batch_size", "Requests per generate call on "
+                                    "batch-capable models", ["model"],
+                                    buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self.embedding_inputs = Counter("fmstack_embedding_inputs", "Texts embedded",
                                         ["model"], registry=r)
 
