@@ -241,7 +241,9 @@ def create_app(served: Mapping[str, Model] | Gateway, *, keys: KeyStore | None =
     @app.get("/health")
     def health() -> dict[str, Any]:
         return {"status": "ok", "models": list(gateway.routes),
-                "queues": {r.name: {"waiting": r.waiting, "running": r.running}
+                "queues": {r.name: {"waiting": r.waiting, "running": r.running,
+                                    "replicas": [f"{rep.model.name}#{i}"
+                                                 for i, rep in enumerate(r.replicas)]}
                            for r in gateway.routes.values()}}
 
     @app.get("/metrics")

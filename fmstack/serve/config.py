@@ -57,6 +57,7 @@ def load_config(path: Path) -> ServeConfig:
     try:
         return ServeConfig.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"serve config {path}: {where}: {err['msg']}") from None
+        # Every problem at once: a misspelt key shows up as both missing and unknown.
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+                             for err in e.errors())
+        raise ConfigError(f"serve config {path}: {problems}") from None
