@@ -59,7 +59,7 @@ PARIS = {"city": "Paris", "unit": "celsius"}
 
 
 def test_required_lets_each_name_carry_only_its_own_arguments() -> None:
-    plan = plan_tools(ASK, TOOLS, "required")
+    plan = plan_tools(ASK, TOOLS, "required", parallel_tool_calls=True)
     assert plan.active and plan.choice == "required"
     assert valid(plan, {"tool_calls": [call("get_weather", PARIS)]})
     assert valid(plan, {"tool_calls": [call("add", {"a": 1, "b": 2.5}), call("get_time", {})]})
@@ -88,11 +88,16 @@ def test_a_named_function_is_called_exactly_once() -> None:
     assert "get_weather" not in plan.messages[0].content  # only the forced tool is offered
 
 
-def test_parallel_tool_calls_off_allows_one_call() -> None:
-    plan = plan_tools(ASK, TOOLS, "required", parallel_tool_calls=False)
+@pytest.mark.parametrize("parallel", [None, False])
+def test_one_call_per_turn_unless_parallel_calls_are_asked_for(parallel: bool | None) -> None:
+    plan = plan_tools(ASK, TOOLS, "auto", parallel_tool_calls=parallel)
+    two = {"tool_calls": [call("get_time", {}), call("get_time", {})]}
     assert valid(plan, {"tool_calls": [call("get_time", {})]})
-    assert not valid(plan, {"tool_calls": [call("get_time", {}), call("get_time", {})]})
+    assert not valid(plan, two)
     assert "Call at most one tool per reply." in plan.messages[0].content
+    parallel_plan = plan_tools(ASK, TOOLS, "auto", parallel_tool_calls=True)
+    assert valid(parallel_plan, two)
+    assert "Call at most one tool" not in parallel_plan.messages[0].content
     with pytest.raises(APIError, match="parallel_tool_calls must be a boolean"):
         plan_tools(ASK, TOOLS, "auto", parallel_tool_calls="no")  # type: ignore[arg-type]
 
@@ -330,6 +335,8 @@ def check_calls(plan: ToolPlan, text: str, allowed: set[str]) -> list[dict[str, 
 
 @pytest.mark.parametrize("messages, choice, allowed", [
     (ASK, "required", {"get_weather", "add", "get_time"}),
+    ([{"role": "user", "content": "Add 17 and 25"}], "required", {"get_weather", "add",
+                                                                 "get_time"}),
     ([{"role": "user", "content": "What is 2 plus 3?"}], named("add"), {"add"}),
     ([{"role": "user", "content": "What time is it?"}], named("get_time"), {"get_time"}),
     ([{"role": "user", "content": "Is it cold in Oslo?"}], named("get_weather"),
@@ -338,14 +345,17 @@ def check_calls(plan: ToolPlan, text: str, allowed: set[str]) -> list[dict[str, 
 def test_smollm2_calls_tools_whose_arguments_validate(smollm2: Any, messages: Any, choice: Any,
                                                       allowed: set[str]) -> None:
     plan = plan_tools(messages, TOOLS, choice)
-    calls = check_calls(plan, generate(smollm2, plan), allowed)
-    if choice != "required":
-        assert len(calls) == 1
+    assert len(check_calls(plan, generate(smollm2, plan), allowed)) == 1
+
+
+def test_smollm2_may_call_several_tools_when_asked_to(smollm2: Any) -> None:
+    plan = plan_tools(ASK, TOOLS, "required", parallel_tool_calls=True)
+    check_calls(plan, generate(smollm2, plan), {"get_weather", "add", "get_time"})
 
 
 @pytest.mark.parametrize("messages", [ASK, CALLED], ids=["question", "after-results"])
 def test_smollm2_under_auto_answers_in_a_form_that_parses(smollm2: Any, messages: Any) -> None:
-    plan = plan_tools(messages, TOOLS, "auto", parallel_tool_calls=False)
+    plan = plan_tools(messages, TOOLS, "auto")
     text = generate(smollm2, plan, max_tokens=200)
     reply = reply_message(text, plan)
     assert reply.finish_reason in ("tool_calls", "stop"), text
