@@ -4,10 +4,12 @@ arrivals, prompt loading, and short real runs against llama-cpp-python's own ser
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -193,6 +195,88 @@ def test_cli_bad_input_is_one_line(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+# ----- faults: a hand-written HTTP server that misbehaves on purpose ----------------------------
+
+
+class Faulty(http.server.BaseHTTPRequestHandler):
+    """Answers by the prompt: ``busy`` a 429, ``break`` a stream cut before [DONE], ``garbage``
+    a chunk that is not JSON, ``oops`` an error event, anything else a good two-token stream."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.reply(200, b'{"object": "list", "data": [{"id": "m"}]}')
+
+    def reply(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        prompt = body["messages"][-1]["content"]
+        if prompt == "busy":
+            self.reply(429, b'{"error": {"message": "queue full", "type": "rate_limit"}}')
+            return
+
+        def event(data: Any) -> bytes:
+            return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
+
+        def delta(text: str | None, finish: str | None = None) -> bytes:
+            d = {} if text is None else {"content": text}
+            return event({"choices": [{"index": 0, "delta": d, "finish_reason": finish}]})
+
+        events = [delta(None), delta("Hel"), delta("lo")]
+        if prompt == "break":
+            pass  # the connection closes with no [DONE] and no finish reason
+        elif prompt == "garbage":
+            events.append(b"data: {not json\n\n")
+        elif prompt == "oops":
+            events.append(event({"error": {"message": "upstream died"}}))
+        else:
+            events += [delta(None, "stop"),
+                       event({"choices": [], "usage": {"prompt_tokens": 5,
+                                                       "completion_tokens": 2}}),
+                       event("[DONE]")]
+        payload = b"".join(events)
+        self.reply(200, payload, "text/event-stream")
+
+
+@pytest.fixture(scope="module")
+def faulty_url() -> Iterator[str]:
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Faulty)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_failures_are_counted_and_kept(faulty_url: str) -> None:
+    prompts = [Prompt(text=t) for t in ("fine", "busy", "break", "garbage", "oops", "fine")]
+    config = BenchConfig(base_url=faulty_url, model="m", max_tokens=2, concurrency=3)
+    result = run(config, prompts, progress=False)
+    m = result.metrics
+    assert (m.completed, m.failed, m.rate_limited) == (2, 4, 1)
+    assert m.total_output_tokens == 4 and m.total_input_tokens == 10
+    assert m.lengths.full_length == 2 and m.lengths.usage_reported == 2
+    by_index = {r.index: r.error or "" for r in result.requests}
+    assert by_index[1] == "HTTP 429: queue full"
+    assert by_index[2] == "the stream ended before [DONE] or a finish reason"
+    assert by_index[3].startswith("JSONDecodeError")
+    assert "upstream died" in by_index[4]
+    assert result.errors == [by_index[i] for i in (1, 2, 3, 4)]
+    # The role-only first chunk is not a token: TTFT is the "Hel" chunk, one ITL gap to "lo".
+    good = [r for r in result.requests if r.ok]
+    assert all(r.content_chunks == 2 and len(r.itl_s) == 1 and r.output_chars == 5
+               for r in good)
+
+
 # ----- real servers ---------------------------------------------------------------------------
 
 
@@ -291,4 +375,5 @@ def test_library_runs_against_fmstack_serve(fmstack_url: str) -> None:
     config = BenchConfig(base_url=fmstack_url, model="no-such-model", max_tokens=2)
     result = run(config, prompts[:2], progress=False)
     assert (result.metrics.completed, result.metrics.failed) == (0, 2)
-    assert result.errors and result.errors[0].startswith("HTTP 404")
+    assert result.errors and result.errors[0].startswith("HTTP 4")
+    assert "no-such-model" in result.errors[0]
