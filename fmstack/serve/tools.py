@@ -31,10 +31,11 @@ How, and why:
   exact JSON it would have produced under the constraint (the model sees its own past calls in
   the form it must write); a ``tool`` result becomes a user turn ``Result of tool NAME (call
   ID):`` with the result between ``<tool_result>`` tags. A user turn rather than a ``tool`` role:
-  small models never saw a ``tool`` role in training, and several templates reject it; the tags
-  keep the result delimited as data, since tool output is untrusted text, never instructions.
-  Consecutive results are merged into one turn, so templates that demand alternating roles
-  still render.
+  small models never saw a ``tool`` role in training (SmolLM2's ChatML template would render
+  ``<|im_start|>tool``, a role it does not know), and templates that check user/assistant
+  alternation do not expect it. The tags keep the result delimited as data, since tool output
+  is untrusted text, never instructions. The results of one round of calls are merged into a
+  single user turn, as the assistant turn that asked for them was a single turn.
 """
 
 from __future__ import annotations
