@@ -80,6 +80,7 @@ def test_metrics_match_hand_computed_values() -> None:
     m = calculate_metrics(synthetic(), duration_s=2.0, max_tokens=4)
     assert (m.completed, m.failed, m.rate_limited) == (4, 2, 1)
     assert m.total_output_tokens == 4 + 2 + 1 + 3 and m.total_input_tokens == 60
+    assert m.prompt_tokens_reported == 3
     assert m.request_throughput == pytest.approx(2.0)
     assert m.output_throughput == pytest.approx(5.0)
     assert m.total_token_throughput == pytest.approx(35.0)
@@ -342,7 +343,8 @@ def test_cli_run_against_llama_cpp_python(tmp_path: Path, smollm2_path: Path) ->
     assert m["request_goodput"] == pytest.approx(6 / m["duration_s"])
     assert m["total_output_tokens"] == sum(r["completion_tokens"] for r in data["requests"])
     # llama-cpp-python streams no usage chunk: the tokens are counted as content chunks.
-    assert m["lengths"]["usage_reported"] == 0
+    assert m["lengths"]["usage_reported"] == 0 and m["prompt_tokens_reported"] == 0
+    assert "not reported by the server" in done.stdout
     assert data["settings"]["concurrency"] == 2 and data["settings"]["dataset"] == "gsm8k"
     assert data["settings"]["goodput"] == {"ttft": 600000.0, "tpot": 600000.0}
     assert data["machine"]["cpu_count"] == os.cpu_count()

@@ -438,6 +438,7 @@ class Metrics:
     rate_limited: int  # HTTP 429s, also counted in failed
     duration_s: float
     total_input_tokens: int  # as reported by the server's usage chunks
+    prompt_tokens_reported: int  # completed requests whose usage named the prompt tokens
     total_output_tokens: int
     request_throughput: float
     output_throughput: float
@@ -477,6 +478,7 @@ def calculate_metrics(results: Sequence[RequestResult], duration_s: float, max_t
         rate_limited=sum(r.status == 429 for r in results),
         duration_s=duration_s,
         total_input_tokens=in_tokens,
+        prompt_tokens_reported=sum(r.prompt_tokens is not None for r in done),
         total_output_tokens=out_tokens,
         request_throughput=len(done) / duration_s,
         output_throughput=out_tokens / duration_s,

@@ -120,7 +120,8 @@ def print_result(result: BenchResult) -> None:
         ("Load", f"request rate {rate}/s" if rate is not None
          else f"concurrency {result.settings.get('concurrency')}"),
         ("Benchmark duration (s)", f"{m.duration_s:.2f}"),
-        ("Total input tokens", str(m.total_input_tokens)),
+        ("Total input tokens", str(m.total_input_tokens) if m.prompt_tokens_reported
+         else "not reported by the server"),
         ("Total generated tokens", str(m.total_output_tokens)),
         ("Request throughput (req/s)", f"{m.request_throughput:.2f}"),
         ("Output token throughput (tok/s)", f"{m.output_throughput:.2f}"),
