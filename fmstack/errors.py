@@ -7,6 +7,8 @@ exits non-zero; anything else escaping is a bug in fmstack.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class FmstackError(Exception):
     """Base class: a problem the user can fix, described in one line."""
@@ -44,7 +46,14 @@ class EndpointError(FmstackError):
 
 
 class OutputValidationError(FmstackError):
-    """A structured output did not parse or did not validate against its format."""
+    """A structured output did not parse or did not validate against its format.
+
+    ``completion`` is the answer that failed (its text, finish reason and usage), when a model
+    produced one: a server can still return a reply cut short by ``max_tokens``."""
+
+    def __init__(self, message: str, *, completion: Any = None) -> None:
+        super().__init__(message)
+        self.completion = completion
 
 
 class QueryError(FmstackError):

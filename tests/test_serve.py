@@ -174,3 +174,30 @@ def test_the_serve_command_serves_until_stopped() -> None:
     bad = subprocess.run([str(fmstack), "serve", "--port", "70000"], capture_output=True,
                          text=True, timeout=60)
     assert bad.returncode == 1 and "--port 70000 is not a TCP port" in bad.stderr
+
+
+def test_structured_output_cut_by_max_tokens_is_returned_with_finish_reason_length(
+        client: openai.OpenAI) -> None:
+    """As OpenAI does: the partial JSON comes back with finish_reason "length" (not a 500),
+    whole or streamed, and for a tool call too."""
+    schema = {"type": "object", "properties": {"city": {"type": "string"}},
+              "required": ["city"]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+    out = client.chat.completions.create(model="smollm2", messages=QUESTION,  # type: ignore[arg-type]
+                                         max_tokens=3, temperature=0, response_format=fmt)  # type: ignore[arg-type]
+    choice = out.choices[0]
+    assert choice.finish_reason == "length" and choice.message.content
+    assert choice.message.content.startswith("{")
+    stream = client.chat.completions.create(model="smollm2", messages=QUESTION,  # type: ignore[arg-type]
+                                            max_tokens=3, temperature=0, response_format=fmt,  # type: ignore[arg-type]
+                                            stream=True)
+    chunks = list(stream)
+    assert chunks[-1].choices[0].finish_reason == "length"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == choice.message.content
+    tool = {"type": "function", "function": {"name": "weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+    called = client.chat.completions.create(model="smollm2", messages=QUESTION,  # type: ignore[arg-type]
+                                            max_tokens=4, temperature=0, tools=[tool],  # type: ignore[list-item]
+                                            tool_choice="required")
+    assert called.choices[0].finish_reason == "length"
+    assert called.choices[0].message.tool_calls is None

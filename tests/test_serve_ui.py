@@ -36,10 +36,14 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served() -> Iterator[Served]:
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     import uvicorn
 
-    model = load_model("smollm2", n_threads=1)
+    # Its own trace store: module fixtures of other test files share the session's throwaway
+    # home, and their traces would show up in this page's searches.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FMSTACK_HOME", str(tmp_path_factory.mktemp("ui-home")))
+        model = load_model("smollm2", n_threads=1)
     assert model.tracer is not None
     # A remote model is never called here: it is served so /api/render can refuse it (an
     # OpenAI-compatible backend does not expose its chat template).

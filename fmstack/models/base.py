@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from fmstack.errors import CapabilityError, ConfigError, FmstackError
+from fmstack.errors import CapabilityError, ConfigError, FmstackError, OutputValidationError
 from fmstack.models import structured
 from fmstack.models.pricing import cost_of
 from fmstack.models.types import Completion, Delta, Message, Request, Scored
@@ -199,6 +199,8 @@ class Model:
                     choice.parsed = structured.parse(fmt, choice.text, choice.finish_reason)
             except Exception as e:  # record the bad output before surfacing the error
                 error = e
+                if isinstance(e, OutputValidationError):
+                    e.completion = completion
         if completion.timings.total == 0.0:
             completion.timings.total = time.perf_counter() - started
         completion.cost = cost_of([completion.model, self.name], completion.usage)

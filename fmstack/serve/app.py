@@ -32,7 +32,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fmstack.errors import FmstackError
+from fmstack.errors import FmstackError, OutputValidationError
 from fmstack.models.types import Completion, Delta, Request
 from fmstack.serve import protocol
 from fmstack.serve.cache import ResponseCache, deterministic
@@ -158,10 +158,7 @@ def create_app(served: Mapping[str, Model] | Gateway, *, keys: KeyStore | None =
         while True:
             done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
             if done:
-                try:
-                    return task.result()
-                except FmstackError as e:
-                    raise client_error(e) from None
+                return task.result()
             if await http.is_disconnected():
                 task.cancel()
                 with contextlib.suppress(BaseException):
@@ -196,8 +193,11 @@ def create_app(served: Mapping[str, Model] | Gateway, *, keys: KeyStore | None =
 
         try:
             if not stream:
-                c = await watch(http, gateway.complete(route.name, request, attempt),
-                                route.name)
+                try:
+                    c = await watch(http, gateway.complete(route.name, request, attempt),
+                                    route.name)
+                except OutputValidationError as e:
+                    c = _cut_short(e)
                 done(c)
                 headers["x-fmstack-replica"] = attempt.replica
                 return JSONResponse(make.whole(c), headers=headers)
@@ -207,6 +207,8 @@ def create_app(served: Mapping[str, Model] | Gateway, *, keys: KeyStore | None =
             first = await watch(http, deltas.__anext__(), route.name)
         except ClientGone:
             return Response(status_code=499)
+        except FmstackError as e:
+            raise client_error(e) from None
         except StopAsyncIteration:
             return JSONResponse(APIError(500, "the model ended without answering",
                                          type="server_error").body(), status_code=500)
@@ -263,7 +265,8 @@ def create_app(served: Mapping[str, Model] | Gateway, *, keys: KeyStore | None =
 
         body = await body_of(http, ChatBody)
         route = route_of(http, body.model)
-        plan = plan_tools(body.messages, body.tools, body.tool_choice)
+        plan = plan_tools(body.messages, body.tools, body.tool_choice,
+                          parallel_tool_calls=body.parallel_tool_calls)
         request = Request(messages=plan.messages,
                           params=protocol.sampling_params(body, plan.response_format),
                           tags=tags(http, "chat.completions"))
@@ -451,9 +454,15 @@ async def _events(first: Delta, deltas: AsyncIterator[Delta], make: _Shaper,
                 yield sse(chunk)
             delta = await anext(deltas, None)
     except FmstackError as e:
-        yield sse(client_error(e).body())
-        yield sse("[DONE]")
-        return
+        try:
+            final = _cut_short(e)
+        except FmstackError:
+            yield sse(client_error(e).body())
+            yield sse("[DONE]")
+            return
+        chunk = make.piece(Delta(finish_reason="length", completion=final))
+        if chunk is not None:
+            yield sse(chunk)
     except (asyncio.CancelledError, GeneratorExit):
         cancelled()
         raise
@@ -466,6 +475,15 @@ async def _events(first: Delta, deltas: AsyncIterator[Delta], make: _Shaper,
             yield sse({**make.base(make.chunk_object), "choices": [],
                        "usage": protocol.usage(final)})
     yield sse("[DONE]")
+
+
+def _cut_short(e: FmstackError) -> Completion:
+    """The answer of a structured request cut short by ``max_tokens``: returned as it is with
+    finish_reason "length", as OpenAI does (re-raises any other error)."""
+    c = e.completion if isinstance(e, OutputValidationError) else None
+    if c is None or any(ch.finish_reason != "length" for ch in c.choices):
+        raise e
+    return c
 
 
 async def _replay(c: Completion, make: _Shaper, include_usage: bool) -> AsyncIterator[str]:
