@@ -7,7 +7,7 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install chromium demo test test-fast lint bench clean
+.PHONY: install chromium demo test test-fast lint bench llama-cpp-tools clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,11 +44,19 @@ lint: install
 	$(BIN)/ruff check fmstack tests bench
 	$(BIN)/mypy
 
-bench: install
+bench: install llama-cpp-tools
 	$(BIN)/python bench/models.py
 	$(BIN)/python bench/eval.py
 	$(BIN)/python bench/rag.py
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/quant.py
+
+# llama.cpp's own llama-server, llama-quantize and llama-perplexity, built (CPU, Release) from the
+# llama.cpp sources inside the sdist of the installed llama-cpp-python, into build/llama.cpp/bin:
+# the peer server of bench/engine.py. Skipped when the binaries exist; the sdist comes from PyPI.
+llama-cpp-tools: $(VENV)/.installed
+	tools/build_llama_cpp.sh $(BIN)/python
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

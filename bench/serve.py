@@ -28,127 +28,29 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from fmstack.bench.serve import (
-    BenchConfig,
-    BenchResult,
-    Prompt,
-    machine,
-    run,
-    write_json,
+from _servers import (
+    MODEL,
+    PROMPTS,
+    ROOT,
+    fmstack_command,
+    free_port,
+    git_state,
+    llama_cpp_python_command,
+    ratio,
+    server,
+    show_command,
+    summarize,
 )
+
+from fmstack.bench.serve import BenchConfig, Prompt, machine, run, write_json
 from fmstack.models.registry import smollm2_gguf
-
-ROOT = Path(__file__).resolve().parent.parent
-PROMPTS = [
-    "Write a long story about a lighthouse keeper.",
-    "Explain in detail how a bicycle works.",
-    "Describe a walk through a busy market.",
-    "Write a letter to a friend about your holiday.",
-    "Explain why the sky is blue, step by step.",
-    "Tell the history of a small village.",
-    "Describe how bread is baked, in detail.",
-    "Write a long poem about the sea.",
-]
-MODEL = "smollm2"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def server(name: str, cmd: list[str], ready_url: str, log: Path,
-           timeout: float = 180.0) -> Iterator[None]:
-    """Run ``cmd`` until ``ready_url`` answers 200; stop it afterwards."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                env=dict(os.environ, HF_HUB_OFFLINE="1"))
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    with urllib.request.urlopen(ready_url, timeout=2) as r:
-                        if r.status == 200:
-                            break
-                except (urllib.error.URLError, OSError):
-                    pass
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited with {proc.returncode}: "
-                                       + log.read_text(errors="replace")[-2000:])
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{name} not up after {timeout:g} s")
-                time.sleep(0.2)
-            yield
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def summarize(result: BenchResult, solo: dict[int, int] | None) -> dict[str, Any]:
-    m = result.metrics
-    tokens = [r.completion_tokens for r in result.requests]
-    prompt_of = [r.index % len(PROMPTS) for r in result.requests]
-    shorter = None
-    if solo is not None:
-        shorter = sum(1 for r, p in zip(result.requests, prompt_of, strict=True)
-                      if r.ok and p in solo and r.completion_tokens < solo[p])
-
-    def r2(x: float | None) -> float | None:
-        return None if x is None else round(x, 2)
-
-    return {
-        "requests": len(result.requests),
-        "completed": m.completed,
-        "failed": m.failed,
-        "rate_limited": m.rate_limited,
-        "errors": result.errors,
-        "duration_s": r2(m.duration_s),
-        "output_tok_s": r2(m.output_throughput),
-        "request_throughput_req_s": round(m.request_throughput, 3),
-        "ttft_ms": {"p50": r2(m.ttft_ms.median), "p99": r2(m.ttft_ms.p99),
-                    "mean": r2(m.ttft_ms.mean)},
-        "tpot_ms": {"p50": r2(m.tpot_ms.median), "p99": r2(m.tpot_ms.p99),
-                    "mean": r2(m.tpot_ms.mean)},
-        "itl_ms": {"p50": r2(m.itl_ms.median), "p99": r2(m.itl_ms.p99),
-                   "mean": r2(m.itl_ms.mean)},
-        "e2el_ms": {"p50": r2(m.e2el_ms.median), "p99": r2(m.e2el_ms.p99),
-                    "mean": r2(m.e2el_ms.mean)},
-        "completion_tokens": {
-            "min": m.lengths.min, "mean": r2(m.lengths.mean), "max": m.lengths.max,
-            "full_length": m.lengths.full_length,
-            "stopped_early_eos": m.lengths.stopped_early,
-            "cut_short": m.lengths.cut_short,
-            "over_max_tokens": m.lengths.over_length,
-            "shorter_than_same_prompt_at_c1": shorter,
-            "from_usage_chunk": m.lengths.usage_reported,
-            "per_request": tokens,
-            "finish_reasons": [r.finish_reason for r in result.requests],
-        },
-    }
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or not b else round(a / b, 3)
 
 
 def main() -> None:
@@ -166,23 +68,15 @@ def main() -> None:
         sys.exit("error: --concurrency and --prompts need the same number of values")
 
     gguf = smollm2_gguf()
-    bindir = Path(sys.executable).parent
     ports = {"fmstack": free_port(), "llama_cpp_python": free_port()}
     commands = {
-        "fmstack": [str(bindir / "fmstack"), "serve", "--model", MODEL,
-                    "--port", str(ports["fmstack"]), "--threads", str(args.threads)],
-        "llama_cpp_python": [
-            sys.executable, "-m", "llama_cpp.server", "--model", str(gguf),
-            "--model_alias", MODEL, "--host", "127.0.0.1", "--port", str(ports["llama_cpp_python"]),
-            "--interrupt_requests", "False", "--n_ctx", "2048", "--flash_attn", "True",
-            "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads)],
+        "fmstack": fmstack_command(ports["fmstack"], args.threads),
+        "llama_cpp_python": llama_cpp_python_command(gguf, ports["llama_cpp_python"],
+                                                     args.threads),
     }
     ready = {"fmstack": f"http://127.0.0.1:{ports['fmstack']}/health",
              "llama_cpp_python": f"http://127.0.0.1:{ports['llama_cpp_python']}/v1/models"}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "fmstack"], cwd=ROOT,
-                           capture_output=True, text=True).stdout
+    commit, dirty = git_state()
     results: dict[str, Any] = {
         "benchmark": "serve",
         "command": f"make bench  (python bench/serve.py --max-tokens {args.max_tokens} "
@@ -190,11 +84,10 @@ def main() -> None:
                    f"--threads {args.threads})",
         "commit": commit,
         # The server under test is whatever the checkout holds, committed or not.
-        "uncommitted_under_fmstack": [line[3:] for line in dirty.splitlines() if line],
+        "uncommitted_under_fmstack": dirty,
         "machine": machine(),
         "model": f"SmolLM2-135M-Instruct Q4_1 GGUF ({gguf.name})",
-        "servers": {name: " ".join(Path(c).name if i < 2 else c for i, c in enumerate(cmd))
-                    for name, cmd in commands.items()},
+        "servers": {name: show_command(cmd) for name, cmd in commands.items()},
         "settings": {"max_tokens": args.max_tokens, "temperature": 0, "endpoint": "chat",
                      "threads_per_server": args.threads, "levels": dict(zip(
                          [f"c{c}" for c in levels], counts, strict=True)),

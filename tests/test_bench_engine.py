@@ -1,0 +1,114 @@
+"""bench/engine.py's own logic: which server processes it starts for which levels, the commands
+that size them, the goal ratios and the results table. The servers themselves are measured by
+the benchmark, not here (building llama.cpp takes many minutes)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+@pytest.fixture(scope="module")
+def engine() -> ModuleType:
+    # The scripts import their helpers as ``_servers``, from the folder they live in.
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_engine", BENCH / "engine.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def row(tok_s: float, *, cut: int = 0, shorter: int | None = 0) -> dict[str, Any]:
+    return {"requests": 8, "failed": 0, "output_tok_s": tok_s,
+            "ttft_ms": {"p50": 100.0, "p99": 250.5}, "tpot_ms": {"p50": 12.0},
+            "goodput_req_s": 0.5,
+            "completion_tokens": {"min": 100, "mean": 127.5, "max": 128, "cut_short": cut,
+                                  "shorter_than_same_prompt_at_c1": shorter}}
+
+
+def test_levels_are_parsed_in_pairs_and_bad_ones_refused(engine: ModuleType) -> None:
+    levels = engine.parse_levels("1,4,16,32", "8,16,32,64")
+    assert [(lv.concurrency, lv.prompts) for lv in levels] == [(1, 8), (4, 16), (16, 32),
+                                                               (32, 64)]
+    with pytest.raises(ValueError, match="same number of values"):
+        engine.parse_levels("1,4", "8")
+    with pytest.raises(ValueError, match="positive"):
+        engine.parse_levels("0", "8")
+
+
+def test_a_batching_server_gets_16_slots_up_to_c16_and_c_slots_above(
+        engine: ModuleType) -> None:
+    levels = engine.parse_levels("1,4,16,32", "8,16,32,64")
+    launches = engine.plan("llama_server", levels, batching=True)
+    assert [(la.slots, [lv.concurrency for lv in la.levels]) for la in launches] == [
+        (16, [1, 4, 16]), (32, [32])]
+    # A server that serves one request at a time runs once for every level.
+    serial = engine.plan("llama_cpp_python", levels, batching=False)
+    assert [(la.slots, len(la.levels)) for la in serial] == [(None, 4)]
+
+
+def test_commands_size_every_slot_and_use_the_same_threads(engine: ModuleType) -> None:
+    gguf = Path("/models/smollm2.gguf")
+    cmd, ready = engine.command(engine.Launch("llama_server", 32), 8123, 2, gguf, 512,
+                                llama_server=Path("/bin/llama-server"))
+    assert ready == "http://127.0.0.1:8123/health"
+    flags = dict(zip(cmd[1::2], cmd[2::2], strict=False))
+    assert flags["-np"] == "32" and flags["-c"] == str(32 * 512)
+    assert flags["-t"] == flags["-tb"] == "2" and flags["-fa"] == "on"
+    assert flags["-m"] == str(gguf)
+
+    cmd, ready = engine.command(engine.Launch("fmstack", 16), 8124, 2, gguf, 512)
+    assert cmd[cmd.index("--parallel") + 1] == "16"
+    assert cmd[cmd.index("--ctx-size") + 1] == "8192"
+    assert cmd[cmd.index("--threads") + 1] == "2" and ready.endswith(":8124/health")
+    # Without the engine fmstack serve has no --parallel, and must not be given it.
+    cmd, _ = engine.command(engine.Launch("fmstack", None), 8124, 2, gguf, 512)
+    assert "--parallel" not in cmd
+
+    cmd, ready = engine.command(engine.Launch("llama_cpp_python", None), 8125, 2, gguf, 512)
+    assert cmd[cmd.index("--interrupt_requests") + 1] == "False"
+    assert cmd[cmd.index("--n_threads") + 1] == "2" and ready.endswith("/v1/models")
+
+
+def test_goal_ratios_compare_output_throughput_at_the_issues_levels(
+        engine: ModuleType) -> None:
+    results = {"c1": {"fmstack": row(60.0), "llama_cpp_python": row(62.5),
+                      "llama_server": row(85.7)},
+               "c16": {"fmstack": row(160.0), "llama_cpp_python": row(28.8),
+                       "llama_server": row(159.0)}}
+    out = engine.goal_ratios(results)
+    assert out["fmstack_over_llama_cpp_python"] == {"c1": 0.96, "c16": 5.556}
+    assert out["fmstack_over_llama_server"] == {"c1": 0.7, "c16": 1.006}
+    goals = out["goals"]
+    assert goals["c1 fmstack/llama_cpp_python >= 0.95"] == {"ratio": 0.96, "met": True}
+    assert goals["c16 fmstack/llama_cpp_python >= 4"] == {"ratio": 5.556, "met": True}
+    assert goals["c16 fmstack/llama_server >= 1"] == {"ratio": 1.006, "met": True}
+    # A peer that was not run leaves its goal unknown rather than failed.
+    del results["c16"]["llama_server"]
+    results["c16"]["fmstack"] = row(100.0)
+    goals = engine.goal_ratios(results)["goals"]
+    assert goals["c16 fmstack/llama_server >= 1"] == {"ratio": None, "met": None}
+    assert goals["c16 fmstack/llama_cpp_python >= 4"]["met"] is False
+
+
+def test_table_has_a_row_per_server_and_level_in_order_with_truncations(
+        engine: ModuleType) -> None:
+    results = {"c16": {"llama_server": row(159.0), "fmstack": row(150.0, cut=1, shorter=2)},
+               "c4": {"fmstack": row(120.0)}}
+    lines = engine.table(results).splitlines()
+    assert lines[0].startswith("| server | c |") and len(lines) == 5
+    assert lines[2].startswith("| fmstack | 4 | 8 | 0 | 120 | 100 | 250.5 | 12 | 0.5 |")
+    assert lines[3].startswith("| fmstack | 16 |") and lines[3].endswith("| 100/127.5/128 | 3 |")
+    assert lines[4].startswith("| llama_server | 16 |")
