@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 ENTRY_POINT_GROUP = "fmstack.backends"
 
 # The optional-dependency extra that provides each built-in backend, for install hints.
-BACKEND_EXTRAS = {"llamacpp": "llamacpp", "hf": "hf", "openai": "openai"}
+BACKEND_EXTRAS = {"llamacpp": "llamacpp", "engine": "llamacpp", "hf": "hf", "openai": "openai"}
 
 
 def _package_dir(module: str) -> Path:

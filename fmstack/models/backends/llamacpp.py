@@ -138,6 +138,50 @@ class _Sample:
         )
 
 
+class _Taker:
+    """Takes one sample's tokens as they are sampled: text, stop strings, end of turn.
+
+    ``take`` returns the text now safe to show, or None when the token ended the sample (end
+    of turn, or a stop string completed). Text that might be the start of a stop string is
+    held back until it is known not to be one, and bytes of a character split across tokens
+    until the character is complete; after the last token, ``out.text`` past what was shown
+    is the rest. Shared by the one-sequence loop here and the batching engine."""
+
+    def __init__(self, model: LlamaCppModel, params: SamplingParams, out: _Sample) -> None:
+        self.model, self.out = model, out
+        self.stops = params.stop
+        self.longest_stop = max((len(s) for s in self.stops), default=0)
+        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.shown = 0
+
+    def take(self, token: int, lp: TokenLogprob | None) -> str | None:
+        model, out, stops = self.model, self.out, self.stops
+        now = time.perf_counter()
+        out.generated += 1
+        out.first_at = out.first_at or now
+        out.last_at = now
+        if model._ll.llama_vocab_is_eog(model._vocab, token):
+            out.finish_reason = "stop"
+            return None
+        before = len(out.text)
+        out.text += self.utf8.decode(model._piece(token, False))
+        out.token_ids.append(token)
+        out.ends.append(len(out.text))
+        if lp is not None:
+            out.logprobs.append(lp)
+        cut = model._find_stop(out.text, stops, max(0, before - self.longest_stop + 1))
+        if cut is not None:
+            model._truncate(out, cut)
+            out.finish_reason = "stop"
+            return None
+        # Bytes of a character the last token left unfinished stay out of the text (they are
+        # still in token_ids): a cut-off character is not text, and a stream never shows one.
+        safe = len(out.text) - model._held_back(out.text, stops)
+        piece = out.text[self.shown:safe]
+        self.shown = max(self.shown, safe)
+        return piece
+
+
 class LlamaCppModel(Model):
     """A GGUF model run in-process by llama.cpp."""
 
@@ -199,6 +243,7 @@ class LlamaCppModel(Model):
         # One thread count for prompt and decode: llama-cpp-python's default uses every logical
         # core for prompts, whose spinning threads stall badly when the cores are shared.
         threads = n_threads or max(1, (os.cpu_count() or 2) // 2)
+        self.n_threads, self.flash_attn = threads, flash_attn
         try:
             self._llm = ll.Llama(
                 str(path),
@@ -474,10 +519,7 @@ class LlamaCppModel(Model):
         is complete.
         """
         ll = self._ll
-        stops = params.stop
-        longest_stop = max((len(s) for s in stops), default=0)
-        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        shown = 0
+        taker = _Taker(self, params, out)
         with self._lock:
             self._check_open()
             chain = self._sampler(params, seed, grammar)
@@ -496,30 +538,11 @@ class LlamaCppModel(Model):
                         if params.logprobs
                         else None
                     )
-                now = time.perf_counter()
-                out.generated += 1
-                out.first_at = out.first_at or now
-                out.last_at = now
-                if ll.llama_vocab_is_eog(self._vocab, token):
-                    out.finish_reason = "stop"
+                shown = taker.take(token, lp)
+                if shown is None:
                     break
                 seq.append(token)
-                before = len(out.text)
-                out.text += utf8.decode(self._piece(token, False))
-                out.token_ids.append(token)
-                out.ends.append(len(out.text))
-                if lp is not None:
-                    out.logprobs.append(lp)
-                cut = self._find_stop(out.text, stops, max(0, before - longest_stop + 1))
-                if cut is not None:
-                    self._truncate(out, cut)
-                    out.finish_reason = "stop"
-                    break
-                safe = len(out.text) - self._held_back(out.text, stops)
-                yield out.text[shown:safe], lp
-                shown = max(shown, safe)
-            # Bytes of a character the last token left unfinished stay out of the text (they are
-            # still in token_ids): a cut-off character is not text, and a stream never shows one.
+                yield shown, lp
         finally:
             ll.llama_sampler_free(chain)
 

@@ -1,0 +1,122 @@
+"""The ``engine`` backend: a GGUF model served by fmstack's batching engine.
+
+``engine:/path/model.gguf`` (or ``load_model("smollm2", backend="engine")``-style routing in
+``fmstack serve``) loads the model as the llamacpp backend does, then hands every generation
+to an ``Engine`` (``fmstack.models.engine``): requests from any number of threads, and the
+``n`` samples of one request, run as sequences decoded together (continuous batching), with a
+prefix cache across requests. Everything else (tokenizer, chat template, ``score``) is the
+llamacpp backend's, on its own one-sequence context.
+
+``n_ctx`` is the engine's whole KV budget, split evenly over ``parallel`` slots: a request's
+window (``context_length``) is ``n_ctx / parallel``, like llama.cpp's ``llama-server -c -np``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, ClassVar
+
+from fmstack.errors import ConfigError
+from fmstack.models.backends.llamacpp import LlamaCppModel, _Prompt
+from fmstack.models.base import Capabilities
+from fmstack.models.types import Completion, Delta, Request
+
+if TYPE_CHECKING:
+    from fmstack.models.engine import Engine, SequenceHandle
+    from fmstack.store.traces import TraceStore
+
+
+class EngineModel(LlamaCppModel):
+    """A GGUF model whose generations run in a continuous-batching engine."""
+
+    backend: ClassVar[str] = "engine"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        batch=True, response_formats=frozenset({"json_schema", "regex", "choice"})
+    )
+
+    def __init__(self, target: str, *, name: str, tracer: TraceStore | None = None,
+                 parallel: int = 8, n_ctx: int | None = None, chunk: int = 64,
+                 n_threads: int | None = None, n_batch: int = 512, n_gpu_layers: int = 0,
+                 flash_attn: bool = True, seed: int | None = None) -> None:
+        """``parallel`` slots (sequences decoded at once), ``n_ctx`` tokens of KV cache in all
+        (default 2048 per slot), prompts prefilled in ``chunk``-token pieces."""
+        if parallel < 1:
+            raise ConfigError(f"parallel must be >= 1, got {parallel}")
+        total = n_ctx or 2048 * parallel
+        if total // parallel < 16:
+            raise ConfigError(f"n_ctx {total} leaves {total // parallel} tokens per slot for "
+                              f"{parallel} slots: raise n_ctx or lower parallel")
+        super().__init__(target, name=name, tracer=tracer, n_ctx=total // parallel,
+                         n_threads=n_threads, n_batch=n_batch, n_gpu_layers=n_gpu_layers,
+                         flash_attn=flash_attn, seed=seed)
+        from fmstack.models.engine import Engine
+
+        self.engine: Engine = Engine(self, n_slots=parallel, n_ctx=total, chunk=chunk,
+                                     n_batch=max(n_batch, parallel + chunk))
+        # The engine's slots may be a little larger (llama.cpp rounds n_ctx up); the window a
+        # request gets is the smaller of the two, so a prompt that passes the check fits both.
+        self._n_ctx = min(self._n_ctx, self.engine.slot_ctx)
+
+    def _handles(self, request: Request) -> tuple[_Prompt, list[SequenceHandle]]:
+        prompt = self._prepare(request)
+        grammar = self._grammar(request.params)
+        handles: list[SequenceHandle] = []
+        try:
+            for seed in self._seeds(request.params):
+                handles.append(self.engine.submit(prompt, request.params, seed, grammar))
+        except BaseException:
+            for h in handles:
+                h.cancel()
+            raise
+        return prompt, handles
+
+    def _collect(self, request: Request, prompt: _Prompt, handles: list[SequenceHandle],
+                 submitted: float) -> Completion:
+        try:
+            for h in handles:
+                for _ in h:
+                    pass
+        except BaseException:
+            for h in handles:
+                h.cancel()
+            raise
+        started = min(h.started for h in handles)
+        return self._completion(prompt, request.params, [h.sample for h in handles],
+                                submitted, started)
+
+    def _generate(self, requests: list[Request]) -> list[Completion]:
+        submitted = time.perf_counter()
+        # Everything is submitted before anything is awaited: the engine decodes them together.
+        pending: list[tuple[Request, _Prompt, list[SequenceHandle]]] = []
+        try:
+            for r in requests:
+                pending.append((r, *self._handles(r)))
+        except BaseException:
+            for _, _, hs in pending:
+                for h in hs:
+                    h.cancel()
+            raise
+        return [self._collect(r, p, hs, submitted) for r, p, hs in pending]
+
+    def _stream(self, request: Request) -> Iterator[Delta]:
+        submitted = time.perf_counter()
+        prompt, (handle,) = self._handles(request)
+        shown = 0
+        try:
+            for text, lp in handle:
+                shown += len(text)
+                if text or lp is not None:
+                    yield Delta(text=text, logprob=lp)
+        finally:
+            handle.cancel()  # a no-op once finished; frees the slot when the reader stops
+        sample = handle.sample
+        completion = self._completion(prompt, request.params, [sample],
+                                      submitted, handle.started)
+        yield Delta(text=sample.text[shown:], finish_reason=sample.finish_reason,
+                    completion=completion)
+
+    def close(self) -> None:
+        if not self._closed:
+            self.engine.close()
+        super().close()

@@ -1,0 +1,335 @@
+"""The engine loop: continuous batching over one llama.cpp context.
+
+One thread runs the loop; every ``llama_decode`` happens on it (llama.cpp's OpenMP threads
+spin per calling thread, so one caller is fastest). A step:
+
+1. finishes cancelled sequences (their slot frees at once) and admits waiting requests into
+   free slots (placing each where the prefix cache saves most);
+2. builds one batch: a token for every decoding sequence first, then prompt chunks of
+   prefilling sequences, oldest first, while the token budget (``n_batch``) lasts. A chunk
+   ends at the next multiple of ``chunk`` positions and is never split, so a long prompt is
+   prefilled over several steps, interleaved with everyone else's decoding, and always in the
+   same pieces (which keeps its numbers independent of the batch it lands in);
+3. decodes, then samples every sequence whose last token got logits with its own llama.cpp
+   sampler chain (seed, grammar, penalties, temperature, top-k/p, min-p), reads logprobs from
+   the same logits, and streams the text to the sequence's queue.
+
+Measured on SmolLM2 (``/root/scratch/eng_exp.py`` in the session that wrote this; the test
+suite checks it): with one KV stream per sequence and flash attention, a sequence's greedy
+tokens are identical whether it runs alone, in a batch, or next to another's prefill, and a
+KV prefix copied from another stream continues exactly as if computed in place.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from fmstack.errors import ConfigError, ContextLengthError, FmstackError
+from fmstack.models.engine.slots import Slot, SlotPool
+
+if TYPE_CHECKING:
+    from fmstack.models.backends.llamacpp import LlamaCppModel, _Prompt, _Sample, _Taker
+    from fmstack.models.types import SamplingParams, TokenLogprob
+
+# What a sequence's queue carries: a piece of text (with its token's logprob), then the end.
+_END = object()
+
+
+@dataclass
+class _Seq:
+    prompt: _Prompt
+    params: SamplingParams
+    seed: int
+    grammar: str | None
+    out: _Sample
+    taker: _Taker
+    events: queue.Queue[Any] = field(default_factory=queue.Queue)
+    submitted: float = field(default_factory=time.perf_counter)
+    started: float | None = None
+    slot: Slot | None = None
+    chain: Any = None
+    fed: int = 0  # tokens of prompt + output now in the slot's KV
+    pending: int | None = None  # the last sampled token, fed at the next step
+    cancelled: bool = False
+    error: BaseException | None = None
+
+    @property
+    def prefilling(self) -> bool:
+        return self.fed < len(self.prompt.ids)
+
+
+class SequenceHandle:
+    """One submitted sequence: iterate for ``(text, logprob)`` pieces; ``cancel()`` frees its
+    slot at the next step. After the iteration ends, ``sample`` holds the whole result."""
+
+    def __init__(self, engine: Engine, seq: _Seq) -> None:
+        self._engine, self._seq = engine, seq
+
+    @property
+    def sample(self) -> _Sample:
+        return self._seq.out
+
+    @property
+    def started(self) -> float:
+        return self._seq.started or self._seq.submitted
+
+    def __iter__(self) -> Iterator[tuple[str, TokenLogprob | None]]:
+        seq = self._seq
+        while True:
+            item = seq.events.get()
+            if item is _END:
+                if seq.error is not None:
+                    raise seq.error
+                return
+            yield item
+
+    def cancel(self) -> None:
+        self._engine._cancel(self._seq)
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    slots: int
+    busy: int
+    waiting: int
+    prefix_hits: int
+    prefix_saved_tokens: int
+    steps: int
+    decoded_tokens: int
+
+
+class Engine:
+    """Continuous batching for one GGUF model (``model`` supplies weights, tokenizer and
+    sampler chains; the engine makes its own context with ``n_slots`` KV streams)."""
+
+    def __init__(self, model: LlamaCppModel, *, n_slots: int = 16, n_ctx: int | None = None,
+                 chunk: int = 128, n_batch: int | None = None, threads: int | None = None
+                 ) -> None:
+        if n_slots < 1:
+            raise ConfigError(f"n_slots must be >= 1, got {n_slots}")
+        if chunk < 1:
+            raise ConfigError(f"chunk must be >= 1, got {chunk}")
+        ll = model._ll
+        self.model, self._ll = model, ll
+        n_ctx = n_ctx or 1024 * n_slots
+        n_batch = n_batch or max(512, n_slots + chunk)
+        if n_batch < n_slots + chunk:
+            raise ConfigError(f"n_batch {n_batch} cannot hold a token per slot and a prompt "
+                              f"chunk ({n_slots} + {chunk})")
+        params = ll.llama_context_default_params()
+        params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, n_batch, n_batch
+        params.n_seq_max = n_slots
+        params.kv_unified = False  # a KV stream per slot: see the module docstring
+        params.flash_attn_type = 1 if model.flash_attn else 0
+        params.n_threads = params.n_threads_batch = threads or model.n_threads
+        params.no_perf = True
+        self._ctx = ll.llama_init_from_model(model._llm.model, params)
+        if not self._ctx:
+            raise ConfigError(f"llama.cpp could not make a context of {n_ctx} tokens for "
+                              f"{n_slots} slots")
+        self._mem = ll.llama_get_memory(self._ctx)
+        self.n_slots, self.chunk, self.n_batch = n_slots, chunk, n_batch
+        # Each slot holds n_ctx / n_slots positions (llama.cpp rounds n_ctx up).
+        self.slot_ctx = int(ll.llama_n_ctx_seq(self._ctx))
+        self.pool = SlotPool(n_slots, chunk)
+        self._batch = ll.llama_batch_init(n_batch, 0, 1)
+        self._waiting: collections.deque[_Seq] = collections.deque()
+        self._running: list[_Seq] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self.steps = 0
+        self.decoded_tokens = 0
+        self._thread = threading.Thread(target=self._loop, name="fmstack-engine", daemon=True)
+        self._thread.start()
+
+    # ----- public -------------------------------------------------------------------------
+
+    def submit(self, prompt: _Prompt, params: SamplingParams, seed: int,
+               grammar: str | None) -> SequenceHandle:
+        """Queue one sequence; it starts when a slot is free."""
+        from fmstack.models.backends.llamacpp import _Sample, _Taker
+
+        if len(prompt.ids) + 1 > self.slot_ctx:
+            raise ContextLengthError(
+                f"prompt is {len(prompt.ids)} tokens but a slot of {self.model.name}'s engine "
+                f"holds {self.slot_ctx} tokens (prompt + at least 1 generated token must fit)")
+        out = _Sample()
+        seq = _Seq(prompt, params, seed, grammar, out, _Taker(self.model, params, out))
+        with self._cond:
+            if self._closed:
+                raise ConfigError(f"the engine of {self.model.name} is closed")
+            self._waiting.append(seq)
+            self._cond.notify()
+        return SequenceHandle(self, seq)
+
+    def stats(self) -> EngineStats:
+        with self._cond:
+            return EngineStats(slots=self.n_slots, busy=self.pool.busy,
+                               waiting=len(self._waiting), prefix_hits=self.pool.hits,
+                               prefix_saved_tokens=self.pool.saved_tokens, steps=self.steps,
+                               decoded_tokens=self.decoded_tokens)
+
+    def close(self) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            for seq in [*self._waiting, *self._running]:
+                seq.cancelled = True
+            self._cond.notify()
+        self._thread.join()
+        self._ll.llama_batch_free(self._batch)
+        self._ll.llama_free(self._ctx)
+
+    # ----- the loop -----------------------------------------------------------------------
+
+    def _cancel(self, seq: _Seq) -> None:
+        with self._cond:
+            seq.cancelled = True
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._closed or bool(self._waiting)
+                                    or bool(self._running))
+                for seq in [s for s in self._waiting if s.cancelled]:
+                    self._waiting.remove(seq)
+                    self._end(seq)
+                for seq in [s for s in self._running if s.cancelled]:
+                    self._finish(seq)
+                if self._closed and not self._running:
+                    for seq in self._waiting:
+                        self._end(seq)
+                    self._waiting.clear()
+                    return
+                self._admit()
+            if self._running:
+                try:
+                    self._step()
+                except Exception as e:  # the context is in an unknown state: fail everyone
+                    with self._cond:
+                        for seq in list(self._running):
+                            seq.error = FmstackError(f"engine step failed: {e}")
+                            self._finish(seq)
+                        self._ll.llama_memory_clear(self._mem, True)
+                        for slot in self.pool.slots:
+                            slot.tokens = []
+
+    def _admit(self) -> None:
+        """Move waiting sequences into free slots, placing each by the prefix cache."""
+        ll = self._ll
+        while self._waiting and self.pool.free:
+            seq = self._waiting.popleft()
+            placement = self.pool.place(seq.prompt.ids)
+            assert placement is not None
+            slot = placement.slot
+            if placement.copy_from is not None:
+                # A whole-stream copy (the only kind llama.cpp does across streams), then trim.
+                ll.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
+                ll.llama_memory_seq_cp(self._mem, placement.copy_from.seq_id, slot.seq_id, -1, -1)
+                slot.tokens = list(placement.copy_from.tokens)
+            ll.llama_memory_seq_rm(self._mem, slot.seq_id, placement.reuse, -1)
+            del slot.tokens[placement.reuse:]
+            seq.slot, seq.fed = slot, placement.reuse
+            seq.out.cached = placement.reuse
+            seq.started = time.perf_counter()
+            try:
+                seq.chain = self.model._sampler(seq.params, seq.seed, seq.grammar)
+            except FmstackError as e:
+                seq.error = e
+                self._running.append(seq)
+                self._finish(seq)
+                continue
+            self._running.append(seq)
+
+    def _step(self) -> None:
+        ll, batch = self._ll, self._batch
+        rows: list[tuple[_Seq, int]] = []  # (sequence, batch index of its logits row)
+        n = 0
+
+        def put(seq: _Seq, token: int, logits: bool) -> None:
+            nonlocal n
+            assert seq.slot is not None
+            batch.token[n] = token
+            batch.pos[n] = seq.fed
+            batch.n_seq_id[n] = 1
+            batch.seq_id[n][0] = seq.slot.seq_id
+            batch.logits[n] = logits
+            if logits:
+                rows.append((seq, n))
+            seq.slot.tokens.append(token)
+            seq.fed += 1
+            n += 1
+
+        for seq in self._running:
+            if seq.pending is not None:
+                put(seq, seq.pending, True)
+                seq.pending = None
+        for seq in self._running:
+            if not seq.prefilling:
+                continue
+            ids = seq.prompt.ids
+            end = min((seq.fed // self.chunk + 1) * self.chunk, len(ids))
+            if n + end - seq.fed > self.n_batch:
+                break  # oldest first: a later prompt does not overtake this one
+            while seq.fed < end:
+                put(seq, ids[seq.fed], seq.fed == len(ids) - 1)
+        batch.n_tokens = n
+        rc = ll.llama_decode(self._ctx, batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode returned {rc}")
+        self.steps += 1
+        self.decoded_tokens += n
+        import numpy as np
+
+        for seq, row in rows:
+            logits = np.ctypeslib.as_array(ll.llama_get_logits_ith(self._ctx, row),
+                                           shape=(self.model._n_vocab,))
+            try:
+                self._sample(seq, logits)
+            except Exception as e:  # one sequence's failure (a grammar) ends only it
+                seq.error = e if isinstance(e, FmstackError) else FmstackError(
+                    f"sampling failed: {e}")
+                with self._cond:
+                    self._finish(seq)
+
+    def _sample(self, seq: _Seq, logits: Any) -> None:
+        model, params = self.model, seq.params
+        token = model._pick(seq.chain, logits)
+        lp = model._logprob(token, logits, params.top_logprobs) if params.logprobs else None
+        piece = seq.taker.take(token, lp)
+        if piece is None:
+            with self._cond:
+                self._finish(seq)
+            return
+        seq.events.put((piece, lp))
+        full = seq.fed + 1 > self.slot_ctx  # the token would not fit: finish_reason "length"
+        if seq.out.generated >= params.max_tokens or full:
+            with self._cond:
+                self._finish(seq)
+            return
+        seq.pending = token
+
+    def _finish(self, seq: _Seq) -> None:
+        """End a running sequence (caller holds the lock): free its sampler and its slot."""
+        with contextlib.suppress(ValueError):
+            self._running.remove(seq)
+        if seq.chain is not None:
+            self._ll.llama_sampler_free(seq.chain)
+            seq.chain = None
+        if seq.slot is not None:
+            self.pool.release(seq.slot)
+        self._end(seq)
+
+    def _end(self, seq: _Seq) -> None:
+        if seq.cancelled and seq.error is None:
+            seq.error = FmstackError("cancelled")
+        seq.events.put(_END)

@@ -1,0 +1,99 @@
+"""KV slots: the engine's memory budget and its prefix cache.
+
+Each slot is one llama.cpp sequence with its own KV stream (``kv_unified=False``), so a slot
+holds up to ``n_ctx / n_slots`` positions and sequences never share cells. A slot remembers the
+tokens its KV holds after its request ends; that is the prefix cache. A new prompt is placed in
+the free slot whose cache shares the longest prefix with it (only the rest is computed), or the
+cache of a busy slot is copied in (``llama_memory_seq_cp``) when that shares more; with no
+match, the least recently used free slot is taken, so hot prefixes survive longest (LRU).
+
+Reuse is counted in whole prefill chunks. llama.cpp's CPU kernels give a token other logits
+when its prompt is cut into other pieces, so the engine always prefills at fixed chunk
+boundaries (multiples of ``chunk`` positions), and a cached prefix is reused only up to such a
+boundary: a prompt then computes exactly the same numbers whether its prefix came from the
+cache or not, and greedy outputs do not depend on what ran before.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Slot:
+    seq_id: int  # the llama.cpp sequence (KV stream) it owns
+    tokens: list[int] = field(default_factory=list)  # what its KV holds, in order
+    busy: bool = False
+    last_used: float = 0.0
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a prompt goes: ``slot``, keeping its first ``reuse`` cached tokens, after copying
+    the KV of ``copy_from`` into it (None: the slot's own cache)."""
+
+    slot: Slot
+    reuse: int
+    copy_from: Slot | None = None
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class SlotPool:
+    def __init__(self, n_slots: int, chunk: int) -> None:
+        self.slots = [Slot(seq_id=i) for i in range(n_slots)]
+        self.chunk = chunk
+        self.hits = 0  # prompts that reused a cached prefix
+        self.saved_tokens = 0  # prompt tokens not recomputed thanks to it
+        self.copies = 0  # prefixes copied from another slot
+
+    @property
+    def free(self) -> int:
+        return sum(not s.busy for s in self.slots)
+
+    @property
+    def busy(self) -> int:
+        return len(self.slots) - self.free
+
+    def reusable(self, cached: list[int], prompt: list[int]) -> int:
+        """Tokens of ``prompt`` a cache holding ``cached`` saves: the common prefix, cut to a
+        chunk boundary, leaving at least the last prompt token to compute (its logits start
+        the generation)."""
+        n = min(_common(cached, prompt), len(prompt) - 1)
+        return n // self.chunk * self.chunk
+
+    def place(self, prompt: list[int]) -> Placement | None:
+        """Take a free slot for ``prompt`` (None when every slot is busy)."""
+        free = [s for s in self.slots if not s.busy]
+        if not free:
+            return None
+        own = max(free, key=lambda s: (self.reusable(s.tokens, prompt), -s.last_used))
+        own_reuse = self.reusable(own.tokens, prompt)
+        donor = max(self.slots, key=lambda s: self.reusable(s.tokens, prompt))
+        donor_reuse = self.reusable(donor.tokens, prompt)
+        if donor_reuse > own_reuse:
+            # The target is the free slot whose own cache is worth least (LRU among equals).
+            target = min(free, key=lambda s: (self.reusable(s.tokens, prompt), s.last_used))
+            placement = Placement(target, donor_reuse, donor)
+            self.copies += 1
+        elif own_reuse > 0:
+            placement = Placement(own, own_reuse)
+        else:
+            placement = Placement(min(free, key=lambda s: s.last_used), 0)
+        placement.slot.busy = True
+        if placement.reuse:
+            self.hits += 1
+            self.saved_tokens += placement.reuse
+        return placement
+
+    def release(self, slot: Slot) -> None:
+        slot.busy = False
+        slot.last_used = time.monotonic()
