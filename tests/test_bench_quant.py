@@ -125,12 +125,16 @@ def test_bad_input_is_one_line(tmp_path: Path, smollm2_path: Path) -> None:
     assert quant.parse_types("q8_0, Q4_K_M,Q8_0") == ["Q8_0", "Q4_K_M"]
 
 
-def test_without_llama_quantize_nothing_is_made(
+def test_without_llama_cpp_tools_nothing_is_made(
     tmp_path: Path, smollm2_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # No converter and no llama-quantize: the run says why instead of failing or guessing.
     monkeypatch.setenv("FMSTACK_LLAMA_CPP_BUILD", str(tmp_path / "no-build"))
     monkeypatch.setenv("PATH", str(tmp_path))
-    made = quant.make_variants(smollm2_path, ["Q8_0"])
+    made = quant.make_variants(smollm2_path, ["Q8_0", "Q4_0"])
     assert made.made == [] and made.base == "none"
-    assert made.notes == ["llama-quantize is not built (run tools/build_llama_cpp.sh, or put it "
-                          "on PATH): no variants were made"]
+    assert made.notes[0].startswith("NO F16 SOURCE (llama.cpp's convert_hf_to_gguf.py not found")
+    assert "requantized from SmolLM2-135M-Instruct.Q4_1.gguf" in made.notes[0]
+    assert "is itself quantized (Q4_1)" in made.notes[1]
+    assert made.notes[2] == ("llama-quantize is not built (make llama-cpp-tools, or put it on "
+                             "PATH): Q8_0, Q4_0 not made")

@@ -329,50 +329,54 @@ class Variants:
     source: str
     made: list[tuple[str, Path, str]]
     notes: list[str]
-    base: str  # converted-f16 | requantized-from-source | none
+    base: str  # converted-f16 (or the source, unquantized) | requantized-from-source | none
 
 
 def make_variants(source: str | Path, types: Sequence[str], *,
                   log: Callable[[str], None] = lambda s: None) -> Variants:
-    """F16 via the transformers checkpoint and llama.cpp's converter, then ``types`` with
-    ``llama-quantize``; each file is made once and cached. Without an F16 file, ``types`` are
-    requantized from ``source`` itself (lossy twice; the notes say so)."""
+    """An F16 file (converted through the transformers checkpoint by llama.cpp's converter,
+    unless ``source`` is unquantized already), then ``types`` made by ``llama-quantize`` from it;
+    each file is made once and cached. Without an F16 file, ``types`` are requantized from
+    ``source`` itself (lossy twice; the notes say so)."""
     src = check_gguf(source)
     notes: list[str] = []
-    quantize = find_tool("llama-quantize")
-    if quantize is None:
-        return Variants(str(src), [], [
-            "llama-quantize is not built (run tools/build_llama_cpp.sh, or put it on PATH): "
-            "no variants were made"], "none")
-    out_dir = _variants_dir(src)
-    out_dir.mkdir(parents=True, exist_ok=True)
     made: list[tuple[str, Path, str]] = []
+    out_dir = _variants_dir(src)
     stem = src.stem.rsplit(".", 1)[0]  # SmolLM2-135M-Instruct.Q4_1 -> SmolLM2-135M-Instruct
-    f16 = out_dir / f"{stem}.F16.gguf"
-    base: Path | None = None
-    try:
-        if not f16.is_file():
-            f16_from_checkpoint(src, f16, log)
-        base = f16
-        made.append(("F16", f16, "converted"))
-        notes.append(f"F16 converted by llama.cpp's convert_hf_to_gguf.py from the transformers "
-                     f"checkpoint dequantized from {src.name}; quantized variants are made from "
-                     "it")
-    except FmstackError as e:
-        notes.append(f"NO F16 SOURCE ({e}): variants are requantized from {src.name} with "
-                     "--allow-requantize, i.e. quantized twice")
     src_type = gguf_info(src).file_type
-    if src_type not in ("F16", "BF16", "ALL_F32"):
+    base: Path | None = None
+    if src_type in ("F16", "BF16", "ALL_F32"):
+        base = src
+    else:
+        f16 = out_dir / f"{stem}.F16.gguf"
+        try:
+            if not f16.is_file():
+                out_dir.mkdir(parents=True, exist_ok=True)
+                f16_from_checkpoint(src, f16, log)
+            base = f16
+            made.append(("F16", f16, "converted"))
+            notes.append(f"F16 converted by llama.cpp's convert_hf_to_gguf.py from the "
+                         f"transformers checkpoint dequantized from {src.name}; the quantized "
+                         "variants are made from it")
+        except FmstackError as e:
+            notes.append(f"NO F16 SOURCE ({e}): variants are requantized from {src.name} with "
+                         "--allow-requantize, i.e. quantized twice")
         notes.append(f"{src.name} is itself quantized ({src_type}) and the original weights "
                      "are not available offline: every variant inherits its rounding error, so "
-                     "the F16 row is that file's quality, not the original model's")
+                     "an F16 row is that file's quality, not the original model's")
+    quantize = find_tool("llama-quantize")
+    if quantize is None:
+        notes.append("llama-quantize is not built (make llama-cpp-tools, or put it on PATH): "
+                     f"{', '.join(types)} not made")
+        return Variants(str(src), made, notes, "none" if base is None else "converted-f16")
     for qtype in types:
-        if qtype == "F16" and base == f16:
+        if qtype == "F16" and made and made[0][0] == "F16":
             continue
         target = out_dir / f"{stem}.{qtype}.gguf"
         origin = "quantized" if base is not None else "requantized"
         if not target.is_file():
-            log(f"quantizing {qtype} with {quantize.name}")
+            out_dir.mkdir(parents=True, exist_ok=True)
+            log(f"quantizing {qtype} with {quantize}")
             argv = [str(quantize)]
             if base is None:
                 argv.append("--allow-requantize")
@@ -381,7 +385,7 @@ def make_variants(source: str | Path, types: Sequence[str], *,
                       f"llama-quantize {qtype}")
         made.append((qtype, target, origin))
     return Variants(str(src), made, notes,
-                    "converted-f16" if base is not None else "requantized-from-source")
+                    "requantized-from-source" if base is None else "converted-f16")
 
 
 def f16_from_checkpoint(src: Path, target: Path, log: Callable[[str], None]) -> None:
@@ -397,7 +401,7 @@ def f16_from_checkpoint(src: Path, target: Path, log: Callable[[str], None]) -> 
         raise missing("sentencepiece", "bench") from None
     from fmstack.models.backends.hf import converted_checkpoint
 
-    log(f"dequantizing {src.name} into a transformers checkpoint (cached)")
+    log(f"the transformers checkpoint of {src.name} (dequantized once, then cached)")
     checkpoint = converted_checkpoint(src)
     log(f"converting {checkpoint.name} to F16 GGUF with {script.name}")
     _run_tool([sys.executable, str(script), str(checkpoint), "--outtype", "f16",
@@ -486,6 +490,7 @@ def run(models: Sequence[str], config: QuantConfig, *, quantize: Sequence[str] =
                           "tokens, each alone (BOS only)"},
         "quantize": list(quantize), "variant_source": base,
     }
+    results.sort(key=lambda v: -v.info.bits_per_weight)  # widest first, as tables show them
     reference = next((v.label for v in results if v.origin == "converted"), None)
     return QuantResult(settings, results, notes, reference or results[0].label)
 
