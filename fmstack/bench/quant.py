@@ -515,10 +515,10 @@ TABLE_COLUMNS = ("variant", "MiB", "bits/w", "bits/byte", "Δ bpb", "ppl", "pp t
 
 
 def type_rows(result: QuantResult) -> list[list[str]]:
-    """Per variant: where it came from and its tensor types (a file's name is not the whole
-    story: llama.cpp falls back to other types for some tensors)."""
-    return [[v.label, v.origin, ", ".join(f"{k.lower()} x{n}" for k, n in
-                                           v.info.tensor_types.items())]
+    """Per variant: where it came from, its file and its tensor types (a type's name is not the
+    whole story: llama.cpp falls back to other types for some tensors)."""
+    return [[v.label, v.origin, Path(v.info.path).name,
+             ", ".join(f"{k.lower()} x{n}" for k, n in v.info.tensor_types.items())]
             for v in result.variants]
 
 
@@ -538,7 +538,7 @@ def plot(result: QuantResult, path: str | Path) -> Path:
                "(lower is better)"),
               (axes[1], [v.decode_tok_s for v in rows], "decode tokens/s (higher is better)"))
     for ax, y, ylabel in panels:
-        ax.plot(x, y, "o-", color="tab:blue")
+        ax.plot(x, y, "o:", color="tab:blue", alpha=0.8)
         for v, xi, yi in zip(rows, x, y, strict=True):
             ax.annotate(v.label, (xi, yi), textcoords="offset points", xytext=(4, 4),
                         fontsize=8)

@@ -227,7 +227,7 @@ def print_quant(result: QuantResult) -> None:
     for row in table_rows(result):
         table.add_row(*row)
     types = Table(box=None, pad_edge=False)
-    for name in ("variant", "origin", "tensor types"):
+    for name in ("variant", "origin", "file", "tensor types"):
         types.add_column(name)
     for row in type_rows(result):
         types.add_row(*row)
