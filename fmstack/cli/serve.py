@@ -47,6 +47,15 @@ def serve(
         "--cors-origin", help="Browser origin allowed to call the API (repeatable; * for any)."
     )] = None,
     ui: Annotated[bool, typer.Option("--ui/--no-ui", help="Serve the web UI at /.")] = True,
+    engine: Annotated[bool, typer.Option(
+        "--engine/--no-engine", help="Serve GGUF models with the batching engine (continuous "
+        "batching, prefix cache); --no-engine decodes one request at a time.")] = True,
+    parallel: Annotated[int, typer.Option(
+        "--parallel", "-np", help="Engine slots per GGUF model: requests decoded together.")
+    ] = 4,
+    ctx_size: Annotated[int | None, typer.Option(
+        "--ctx-size", "-c", help="Engine KV cache in tokens, split over the slots (default "
+        "2048 per slot).")] = None,
 ) -> None:
     """Serve models over an OpenAI-compatible API, with a playground and traces at /."""
     with common.user_errors():
@@ -72,7 +81,9 @@ def serve(
         overrides: dict[str, Any] = {k: v for k, v in {
             "max_queue": max_queue, "max_concurrency": max_concurrency,
             "timeout": timeout}.items() if v is not None}
-        specs = [RouteSpec.model_validate({**spec.model_dump(), **overrides})
+        # exclude_unset: a field the config leaves out stays "unset" (engine routes then run
+        # as many requests at once as the engine has slots).
+        specs = [RouteSpec.model_validate({**spec.model_dump(exclude_unset=True), **overrides})
                  for spec in cfg.models]
         if threads is not None:
             for spec in specs:
@@ -91,7 +102,12 @@ def serve(
             if not keystore.active():
                 raise ConfigError("--keys needs at least one API key: run "
                                   "`fmstack keys create NAME` first")
-        gateway = _load(specs)
+        if parallel < 1:
+            raise ConfigError(f"--parallel {parallel} must be at least 1")
+        if ctx_size is not None and ctx_size < 16 * parallel:
+            raise ConfigError(f"--ctx-size {ctx_size} is too small for {parallel} slots")
+        sizing = {"parallel": parallel, "n_ctx": ctx_size or 2048 * parallel} if engine else None
+        gateway = _load(specs, sizing)
     app = create_app(gateway, keys=keystore, embeddings=cfg.embeddings,
                      cache=ResponseCache(cfg.cache.max_entries) if cfg.cache else None,
                      cors_origins=[*cfg.cors_origins, *(cors or [])], ui=ui)
@@ -121,9 +137,11 @@ def _routes(flags: list[str]) -> list[Any]:
     return [RouteSpec(name=name, uris=u) for name, u in uris.items()]
 
 
-def _load(specs: list[Any]) -> Any:
-    """Load every replica (closing what was loaded when one fails)."""
-    from fmstack.models.registry import load_model
+def _load(specs: list[Any], sizing: dict[str, int] | None) -> Any:
+    """Load every replica (closing what was loaded when one fails). With ``sizing``, GGUF
+    models (the llamacpp backend) are loaded into the batching engine with that many slots,
+    and their routes run that many requests at once unless the config says otherwise."""
+    from fmstack.models.registry import load_model, resolve
     from fmstack.serve.gateway import Gateway, Replica, Route
 
     routes: list[Route] = []
@@ -132,7 +150,14 @@ def _load(specs: list[Any]) -> Any:
             route = Route(spec, [])
             routes.append(route)
             for uri in spec.uris:
-                route.replicas.append(Replica(load_model(uri, **spec.options)))
+                backend, target = resolve(uri)
+                if sizing is not None and backend == "llamacpp":
+                    model = load_model(f"engine:{target}", **{**sizing, **spec.options})
+                    if "max_concurrency" not in spec.model_fields_set:
+                        spec.max_concurrency = model.engine.n_slots  # type: ignore[attr-defined]
+                else:
+                    model = load_model(uri, **spec.options)
+                route.replicas.append(Replica(model))
         return Gateway(routes)
     except BaseException:
         for route in routes:

@@ -39,6 +39,8 @@ class Capabilities:
     score: bool = True  # teacher-forced logprobs of given text
     tokenize: bool = True
     batch: bool = False  # True when a list of requests is decoded together, not one by one
+    # True when calls from many threads are decoded together too (a continuous-batching engine)
+    continuous: bool = False
     response_formats: frozenset[str] = field(
         default_factory=lambda: frozenset({"json_schema", "regex", "choice"})
     )

@@ -15,12 +15,13 @@ when there is one), then handed to the fallback routes in order. A failure after
 token cannot be retried without sending text twice: the stream ends with an error event.
 Client errors (a bad parameter, a prompt over the window) are never retried.
 
-Batching: on a backend that decodes a list of requests together (``capabilities.batch``, the
-hf backend), non-streamed requests that hold slots at the same time are handed to one
-``generate`` call: a replica's ``Batcher`` takes whatever queued while its previous batch ran.
-A route must allow ``max_concurrency`` above 1 for that to happen. llama.cpp models decode one
-sequence at a time here (issue 7 builds the engine that batches them); streams are never
-batched.
+Batching: a GGUF model in the engine backend (``capabilities.continuous``) decodes concurrent
+requests together by itself, so its route simply admits ``max_concurrency`` (its slot count)
+at once. A backend that decodes only a list passed to one call (``capabilities.batch``, the hf
+backend) gets a ``Batcher``: non-streamed requests that hold slots at the same time share one
+``generate`` call, taking whatever queued while the previous batch ran (``max_concurrency``
+above 1). The plain llamacpp backend decodes one sequence at a time; streams to a list-batching
+backend are never batched.
 """
 
 from __future__ import annotations
@@ -322,7 +323,10 @@ class Gateway:
             if r.spec.max_concurrency < 2:
                 continue
             for rep in r.replicas:
-                if rep.model.capabilities.batch and rep.batcher is None:
+                caps = rep.model.capabilities
+                # A continuous-batching engine batches concurrent calls by itself, and lets
+                # each finish on its own: a Batcher would only make short answers wait.
+                if caps.batch and not caps.continuous and rep.batcher is None:
                     rep.batcher = Batcher(rep.model, r.spec.max_concurrency,
                                           on_batch=self._batched(r.name))
 

@@ -32,7 +32,8 @@ class EngineModel(LlamaCppModel):
 
     backend: ClassVar[str] = "engine"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        batch=True, response_formats=frozenset({"json_schema", "regex", "choice"})
+        batch=True, continuous=True,
+        response_formats=frozenset({"json_schema", "regex", "choice"}),
     )
 
     def __init__(self, target: str, *, name: str, tracer: TraceStore | None = None,
