@@ -244,8 +244,7 @@ def create_app(served: Mapping[str, Model] | Gateway, *, keys: KeyStore | None =
     def health() -> dict[str, Any]:
         return {"status": "ok", "models": list(gateway.routes),
                 "queues": {r.name: {"waiting": r.waiting, "running": r.running,
-                                    "replicas": [f"{rep.model.name}#{i}"
-                                                 for i, rep in enumerate(r.replicas)]}
+                                    "replicas": [r.label(rep) for rep in r.replicas]}
                            for r in gateway.routes.values()}}
 
     @app.get("/metrics")

@@ -162,6 +162,12 @@ class Route:
     def running(self) -> int:
         return sum(r.active for r in self.replicas)
 
+    def label(self, replica: Replica) -> str:
+        """``URI#index``: replicas of one URI share a name, the index tells them apart."""
+        i = self.replicas.index(replica)
+        uri = self.spec.uris[i] if i < len(self.spec.uris) else replica.model.name
+        return f"{uri}#{i}"
+
     @property
     def model(self) -> Model:
         """The first replica: what ``/api/render`` and context checks use."""
@@ -376,9 +382,7 @@ class Gateway:
                     async with route.slot(avoid) as replica:
                         if attempt is not None:
                             attempt.route = route.name
-                            # Replicas of one URI share a name: the index tells them apart.
-                            attempt.replica = (f"{replica.model.name}"
-                                               f"#{route.replicas.index(replica)}")
+                            attempt.replica = route.label(replica)
                             attempt.fallback, attempt.retries = k > 0, n
                         sent = False
                         caps = replica.model.capabilities
