@@ -53,6 +53,9 @@ def serve(
     parallel: Annotated[int, typer.Option(
         "--parallel", "-np", help="Engine slots per GGUF model: requests decoded together.")
     ] = 4,
+    speculative: Annotated[int, typer.Option(
+        "--speculative", help="Engine: up to N prompt-lookup draft tokens per step (0: off; "
+        "outputs are unchanged either way).")] = 0,
     ctx_size: Annotated[int | None, typer.Option(
         "--ctx-size", "-c", help="Engine KV cache in tokens, split over the slots (default "
         "2048 per slot).")] = None,
@@ -106,7 +109,10 @@ def serve(
             raise ConfigError(f"--parallel {parallel} must be at least 1")
         if ctx_size is not None and ctx_size < 16 * parallel:
             raise ConfigError(f"--ctx-size {ctx_size} is too small for {parallel} slots")
-        sizing = {"parallel": parallel, "n_ctx": ctx_size or 2048 * parallel} if engine else None
+        if speculative < 0:
+            raise ConfigError(f"--speculative {speculative} must be 0 or more")
+        sizing = ({"parallel": parallel, "n_ctx": ctx_size or 2048 * parallel,
+                   "speculative": speculative} if engine else None)
         gateway = _load(specs, sizing)
     app = create_app(gateway, keys=keystore, embeddings=cfg.embeddings,
                      cache=ResponseCache(cfg.cache.max_entries) if cfg.cache else None,

@@ -101,8 +101,10 @@ def create_app(served: Mapping[str, Model] | Gateway, *, keys: KeyStore | None =
     allowed to call the API. ``traces``: the store the UI browses (default: the user's).
     """
     gateway = served if isinstance(served, Gateway) else Gateway.of(dict(served))
-    metrics = ServerMetrics(lambda: [(r.name, r.waiting, r.running)
-                                     for r in gateway.routes.values()])
+    metrics = ServerMetrics(
+        lambda: [(r.name, r.waiting, r.running) for r in gateway.routes.values()],
+        lambda: [(r.name, engine.stats()) for r in gateway.routes.values()
+                 for rep in r.replicas if (engine := getattr(rep.model, "engine", None))])
     gateway.on_retry = lambda route, e: metrics.retries.labels(route).inc()
     gateway.on_batch = lambda route, size: metrics.batch_size.labels(route).observe(size)
     embedders = _Embedders(embeddings)

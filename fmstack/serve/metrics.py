@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from fmstack.models.engine import EngineStats
     from fmstack.models.types import Completion
 
 # Buckets in seconds: token times on CPU run from ~5 ms to seconds; whole requests to minutes.
@@ -24,10 +25,13 @@ _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0
 class ServerMetrics:
     """The counters, gauges and histograms of one server."""
 
-    def __init__(self, queue_depths: Callable[[], Iterable[tuple[str, int, int]]]) -> None:
-        """``queue_depths`` yields ``(model, waiting, running)`` per route, read at scrape."""
+    def __init__(self, queue_depths: Callable[[], Iterable[tuple[str, int, int]]],
+                 engines: Callable[[], Iterable[tuple[str, EngineStats]]] = lambda: ()
+                 ) -> None:
+        """``queue_depths`` yields ``(model, waiting, running)`` per route and ``engines``
+        ``(model, stats)`` per engine replica; both are read at scrape time."""
         from prometheus_client import CollectorRegistry, Counter, Histogram
-        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         self.registry = CollectorRegistry()
         r = self.registry
@@ -76,6 +80,41 @@ class ServerMetrics:
                 yield running
 
         r.register(_Queues())
+
+        class _Engines:
+            """The batching engines' own counters, summed over a route's replicas."""
+
+            def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+                names = {
+                    "prefix_hits": ("fmstack_engine_prefix_cache_hits", "Prompts that "
+                                    "reused a cached KV prefix"),
+                    "prefix_saved_tokens": ("fmstack_engine_prefix_cache_saved_tokens",
+                                            "Prompt tokens not recomputed thanks to it"),
+                    "drafted": ("fmstack_engine_spec_draft_tokens", "Speculative draft "
+                                "tokens proposed"),
+                    "accepted": ("fmstack_engine_spec_accepted_tokens", "Draft tokens the "
+                                 "model's own sampling agreed with"),
+                    "steps": ("fmstack_engine_steps", "Engine steps (llama_decode calls)"),
+                }
+                totals: dict[str, dict[str, int]] = {}
+                busy: dict[str, int] = {}
+                for model, stats in engines():
+                    row = totals.setdefault(model, dict.fromkeys(names, 0))
+                    for key in names:
+                        row[key] += getattr(stats, key)
+                    busy[model] = busy.get(model, 0) + stats.busy
+                for key, (name, doc) in names.items():
+                    family = CounterMetricFamily(name, doc, labels=["model"])
+                    for model, row in totals.items():
+                        family.add_metric([model], row[key])
+                    yield family
+                slots = GaugeMetricFamily("fmstack_engine_slots_busy", "KV slots holding a "
+                                          "sequence", labels=["model"])
+                for model, n in busy.items():
+                    slots.add_metric([model], n)
+                yield slots
+
+        r.register(_Engines())
 
     def completed(self, model: str, completion: Completion, e2e_s: float) -> None:
         """One request served (from its final Completion)."""

@@ -39,9 +39,11 @@ class EngineModel(LlamaCppModel):
     def __init__(self, target: str, *, name: str, tracer: TraceStore | None = None,
                  parallel: int = 8, n_ctx: int | None = None, chunk: int = 64,
                  n_threads: int | None = None, n_batch: int = 512, n_gpu_layers: int = 0,
-                 flash_attn: bool = True, seed: int | None = None) -> None:
+                 flash_attn: bool = True, seed: int | None = None, speculative: int = 0
+                 ) -> None:
         """``parallel`` slots (sequences decoded at once), ``n_ctx`` tokens of KV cache in all
-        (default 2048 per slot), prompts prefilled in ``chunk``-token pieces."""
+        (default 2048 per slot), prompts prefilled in ``chunk``-token pieces; ``speculative``
+        draft tokens per step by prompt lookup (0: off)."""
         if parallel < 1:
             raise ConfigError(f"parallel must be >= 1, got {parallel}")
         total = n_ctx or 2048 * parallel
@@ -54,7 +56,8 @@ class EngineModel(LlamaCppModel):
         from fmstack.models.engine import Engine
 
         self.engine: Engine = Engine(self, n_slots=parallel, n_ctx=total, chunk=chunk,
-                                     n_batch=max(n_batch, parallel + chunk))
+                                     n_batch=max(n_batch, parallel + chunk),
+                                     speculative=speculative)
         # The engine's slots may be a little larger (llama.cpp rounds n_ctx up); the window a
         # request gets is the smaller of the two, so a prompt that passes the check fits both.
         self._n_ctx = min(self._n_ctx, self.engine.slot_ctx)

@@ -14,6 +14,13 @@ spin per calling thread, so one caller is fastest). A step:
    sampler chain (seed, grammar, penalties, temperature, top-k/p, min-p), reads logprobs from
    the same logits, and streams the text to the sequence's queue.
 
+**Speculative decoding** (``speculative=k``): a decoding sequence also feeds up to ``k`` draft
+tokens found by prompt lookup (the continuation of the latest earlier occurrence of its last
+n-gram), all with logits. The rows are then sampled in order exactly as one-token steps would
+be, and drafts are kept while they equal what was sampled; the rest of the KV is dropped. With
+batch-invariant logits (below) that leaves every output unchanged, greedy or sampled; a step
+just yields up to ``k + 1`` tokens when the text repeats its context.
+
 Measured on SmolLM2 (``/root/scratch/eng_exp.py`` in the session that wrote this; the test
 suite checks it): with one KV stream per sequence and flash attention, a sequence's greedy
 tokens are identical whether it runs alone, in a batch, or next to another's prefill, and a
@@ -103,6 +110,12 @@ class EngineStats:
     prefix_saved_tokens: int
     steps: int
     decoded_tokens: int
+    drafted: int
+    accepted: int
+
+    @property
+    def acceptance(self) -> float | None:
+        return self.accepted / self.drafted if self.drafted else None
 
 
 class Engine:
@@ -110,8 +123,10 @@ class Engine:
     sampler chains; the engine makes its own context with ``n_slots`` KV streams)."""
 
     def __init__(self, model: LlamaCppModel, *, n_slots: int = 16, n_ctx: int | None = None,
-                 chunk: int = 128, n_batch: int | None = None, threads: int | None = None
-                 ) -> None:
+                 chunk: int = 64, n_batch: int | None = None, threads: int | None = None,
+                 speculative: int = 0, ngram: int = 3) -> None:
+        """``speculative``: up to that many prompt-lookup draft tokens per sequence and step
+        (0: off), found by matching the last ``ngram`` (down to 1) tokens."""
         if n_slots < 1:
             raise ConfigError(f"n_slots must be >= 1, got {n_slots}")
         if chunk < 1:
@@ -146,6 +161,11 @@ class Engine:
         self._closed = False
         self.steps = 0
         self.decoded_tokens = 0
+        if speculative < 0 or ngram < 1:
+            raise ConfigError("speculative must be >= 0 and ngram >= 1")
+        self.speculative, self.ngram = speculative, ngram
+        self.drafted = 0  # draft tokens proposed
+        self.accepted = 0  # of which the target model's own sampling agreed
         self._thread = threading.Thread(target=self._loop, name="fmstack-engine", daemon=True)
         self._thread.start()
 
@@ -174,7 +194,8 @@ class Engine:
             return EngineStats(slots=self.n_slots, busy=self.pool.busy,
                                waiting=len(self._waiting), prefix_hits=self.pool.hits,
                                prefix_saved_tokens=self.pool.saved_tokens, steps=self.steps,
-                               decoded_tokens=self.decoded_tokens)
+                               decoded_tokens=self.decoded_tokens, drafted=self.drafted,
+                               accepted=self.accepted)
 
     def close(self) -> None:
         with self._cond:
@@ -252,7 +273,9 @@ class Engine:
 
     def _step(self) -> None:
         ll, batch = self._ll, self._batch
-        rows: list[tuple[_Seq, int]] = []  # (sequence, batch index of its logits row)
+        # Per sequence with logits this step: the batch rows to sample, in order, and the
+        # draft tokens those rows verify (row k checks draft k; the last row has no draft).
+        rows: dict[int, tuple[_Seq, list[int], list[int]]] = {}
         n = 0
 
         def put(seq: _Seq, token: int, logits: bool) -> None:
@@ -264,15 +287,24 @@ class Engine:
             batch.seq_id[n][0] = seq.slot.seq_id
             batch.logits[n] = logits
             if logits:
-                rows.append((seq, n))
+                rows.setdefault(id(seq), (seq, [], []))[1].append(n)
             seq.slot.tokens.append(token)
             seq.fed += 1
             n += 1
 
-        for seq in self._running:
-            if seq.pending is not None:
-                put(seq, seq.pending, True)
-                seq.pending = None
+        decoding = [s for s in self._running if s.pending is not None]
+        # Room for drafts: what the batch holds beyond one token per decoding sequence and
+        # one prompt chunk, shared out evenly.
+        spare = self.n_batch - len(decoding) - self.chunk
+        per_seq = min(self.speculative, spare // max(len(decoding), 1))
+        for seq in decoding:
+            token, seq.pending = seq.pending, None
+            assert token is not None
+            drafts = self._draft(seq, token, per_seq) if per_seq > 0 else []
+            put(seq, token, True)
+            for d in drafts:
+                put(seq, d, True)
+            rows[id(seq)][2].extend(drafts)
         for seq in self._running:
             if not seq.prefilling:
                 continue
@@ -288,35 +320,73 @@ class Engine:
             raise RuntimeError(f"llama_decode returned {rc}")
         self.steps += 1
         self.decoded_tokens += n
-        import numpy as np
-
-        for seq, row in rows:
-            logits = np.ctypeslib.as_array(ll.llama_get_logits_ith(self._ctx, row),
-                                           shape=(self.model._n_vocab,))
+        for seq, indices, drafts in rows.values():
             try:
-                self._sample(seq, logits)
+                self._verify(seq, indices, drafts)
             except Exception as e:  # one sequence's failure (a grammar) ends only it
                 seq.error = e if isinstance(e, FmstackError) else FmstackError(
                     f"sampling failed: {e}")
                 with self._cond:
                     self._finish(seq)
 
-    def _sample(self, seq: _Seq, logits: Any) -> None:
-        model, params = self.model, seq.params
-        token = model._pick(seq.chain, logits)
-        lp = model._logprob(token, logits, params.top_logprobs) if params.logprobs else None
-        piece = seq.taker.take(token, lp)
-        if piece is None:
-            with self._cond:
-                self._finish(seq)
-            return
-        seq.events.put((piece, lp))
-        full = seq.fed + 1 > self.slot_ctx  # the token would not fit: finish_reason "length"
-        if seq.out.generated >= params.max_tokens or full:
-            with self._cond:
-                self._finish(seq)
-            return
-        seq.pending = token
+    def _draft(self, seq: _Seq, token: int, limit: int) -> list[int]:
+        """Prompt-lookup drafting: find the latest earlier occurrence of the last ``ngram``
+        tokens (prompt and output so far) and propose the tokens that followed it."""
+        assert seq.slot is not None
+        limit = min(limit, seq.params.max_tokens - seq.out.generated - 1,
+                    self.slot_ctx - seq.fed - 2)
+        if limit <= 0:
+            return []
+        history = [*seq.slot.tokens, token]
+        for size in range(self.ngram, 0, -1):
+            if len(history) <= size:
+                continue
+            tail = history[-size:]
+            # Scan backwards: the most recent match is the likeliest continuation.
+            for start in range(len(history) - size - 1, -1, -1):
+                if history[start:start + size] == tail:
+                    follow = history[start + size:start + size + limit]
+                    if follow:
+                        self.drafted += len(follow)
+                        return follow
+        return []
+
+    def _verify(self, seq: _Seq, indices: list[int], drafts: list[int]) -> None:
+        """Sample each row in order with the sequence's own chain, as plain decoding would
+        one step at a time (same logits, same sampler state, same random draws): a draft is
+        kept while the sampled token equals it. So speculation never changes the output, for
+        any sampling parameters; only how many tokens one step yields."""
+        import numpy as np
+
+        ll, model, params = self._ll, self.model, seq.params
+        assert seq.slot is not None
+        first_fed = seq.fed - len(indices)  # KV position of the first row's token
+        for k, row in enumerate(indices):
+            logits = np.ctypeslib.as_array(ll.llama_get_logits_ith(self._ctx, row),
+                                           shape=(model._n_vocab,))
+            token = model._pick(seq.chain, logits)
+            lp = model._logprob(token, logits, params.top_logprobs) if params.logprobs else None
+            piece = seq.taker.take(token, lp)
+            ended = piece is None
+            if piece is not None:
+                seq.events.put((piece, lp))
+            accepted = k < len(drafts) and token == drafts[k]
+            if accepted:
+                self.accepted += 1
+            full = first_fed + k + 2 > self.slot_ctx
+            if ended or seq.out.generated >= params.max_tokens or full or not accepted:
+                # Rows past this one computed tokens that will not be kept: drop them.
+                keep = first_fed + k + 1
+                if keep < seq.fed:
+                    ll.llama_memory_seq_rm(self._mem, seq.slot.seq_id, keep, -1)
+                    del seq.slot.tokens[keep:]
+                    seq.fed = keep
+                if ended or seq.out.generated >= params.max_tokens or full:
+                    with self._cond:
+                        self._finish(seq)
+                else:
+                    seq.pending = token
+                return
 
     def _finish(self, seq: _Seq) -> None:
         """End a running sequence (caller holds the lock): free its sampler and its slot."""
