@@ -15,7 +15,8 @@ from fmstack.models.backends.engine import EngineModel
 from fmstack.models.registry import load_model, smollm2_gguf
 from fmstack.models.types import JsonSchemaFormat, Message, Request, SamplingParams
 
-WORDS = ["cat", "dog", "fox", "owl", "bee", "ant", "cow", "pig", "hen", "elk", "yak", "eel", "bat", "rat", "emu", "ape"]
+WORDS = ["cat", "dog", "fox", "owl", "bee", "ant", "cow", "pig",
+         "hen", "elk", "yak", "eel", "bat", "rat", "emu", "ape"]
 
 
 def ask(text: str, **params: object) -> Request:
