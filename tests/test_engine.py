@@ -217,3 +217,31 @@ def test_speculative_decoding_leaves_outputs_unchanged() -> None:
     finally:
         spec.close()
         plain.close()
+
+
+def test_a_draft_model_proposes_and_outputs_stay_unchanged(reference: object) -> None:
+    """SmolLM2 drafting for itself (the only pair with one vocabulary that ships offline):
+    the mechanics, not a speed-up. Nearly every greedy draft is accepted, and the answers
+    equal the one-sequence backend's."""
+    model = load_model(f"engine:{smollm2_gguf()}", parallel=4, n_ctx=4 * 512, n_threads=2,
+                       trace=False, draft="smollm2", speculative=3)
+    try:
+        requests = [ask(f"Write a short story about a {w}.", temperature=0, max_tokens=24)
+                    for w in WORDS[:4]]
+        requests.append(ask("Name a colour.", temperature=0.9, seed=4, max_tokens=12))
+        outs = model.generate(requests)
+        assert [o.text for o in outs] == [
+            reference.complete(r).text for r in requests]  # type: ignore[attr-defined]
+        stats = model.engine.stats()
+        assert stats.acceptance is not None and stats.acceptance > 0.8, stats
+    finally:
+        model.close()
+
+
+@pytest.mark.slow
+def test_a_draft_model_with_another_vocabulary_is_refused() -> None:
+    from fmstack.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="does not share the vocabulary"):
+        load_model(f"engine:{smollm2_gguf()}", parallel=2, n_ctx=1024, trace=False,
+                   draft="gemma3-270m")

@@ -56,6 +56,9 @@ def serve(
     speculative: Annotated[int, typer.Option(
         "--speculative", help="Engine: up to N prompt-lookup draft tokens per step (0: off; "
         "outputs are unchanged either way).")] = 0,
+    draft: Annotated[str | None, typer.Option(
+        "--draft", help="Engine: a smaller GGUF model with the same vocabulary that proposes "
+        "the speculative tokens (default: prompt lookup).")] = None,
     ctx_size: Annotated[int | None, typer.Option(
         "--ctx-size", "-c", help="Engine KV cache in tokens, split over the slots (default "
         "2048 per slot).")] = None,
@@ -111,8 +114,12 @@ def serve(
             raise ConfigError(f"--ctx-size {ctx_size} is too small for {parallel} slots")
         if speculative < 0:
             raise ConfigError(f"--speculative {speculative} must be 0 or more")
-        sizing = ({"parallel": parallel, "n_ctx": ctx_size or 2048 * parallel,
-                   "speculative": speculative} if engine else None)
+        sizing: dict[str, Any] | None = None
+        if engine:
+            sizing = {"parallel": parallel, "n_ctx": ctx_size or 2048 * parallel,
+                      "speculative": speculative}
+            if draft is not None:
+                sizing["draft"] = draft
         gateway = _load(specs, sizing)
     app = create_app(gateway, keys=keystore, embeddings=cfg.embeddings,
                      cache=ResponseCache(cfg.cache.max_entries) if cfg.cache else None,
@@ -143,7 +150,7 @@ def _routes(flags: list[str]) -> list[Any]:
     return [RouteSpec(name=name, uris=u) for name, u in uris.items()]
 
 
-def _load(specs: list[Any], sizing: dict[str, int] | None) -> Any:
+def _load(specs: list[Any], sizing: dict[str, Any] | None) -> Any:
     """Load every replica (closing what was loaded when one fails). With ``sizing``, GGUF
     models (the llamacpp backend) are loaded into the batching engine with that many slots,
     and their routes run that many requests at once unless the config says otherwise."""

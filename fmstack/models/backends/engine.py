@@ -39,11 +39,12 @@ class EngineModel(LlamaCppModel):
     def __init__(self, target: str, *, name: str, tracer: TraceStore | None = None,
                  parallel: int = 8, n_ctx: int | None = None, chunk: int = 64,
                  n_threads: int | None = None, n_batch: int = 512, n_gpu_layers: int = 0,
-                 flash_attn: bool = True, seed: int | None = None, speculative: int = 0
-                 ) -> None:
+                 flash_attn: bool = True, seed: int | None = None, speculative: int = 0,
+                 draft: str | None = None) -> None:
         """``parallel`` slots (sequences decoded at once), ``n_ctx`` tokens of KV cache in all
         (default 2048 per slot), prompts prefilled in ``chunk``-token pieces; ``speculative``
-        draft tokens per step by prompt lookup (0: off)."""
+        draft tokens per step (0: off), by prompt lookup or, with ``draft`` (a GGUF model alias
+        or path with the same vocabulary), by that model (``speculative`` then defaults to 4)."""
         if parallel < 1:
             raise ConfigError(f"parallel must be >= 1, got {parallel}")
         total = n_ctx or 2048 * parallel
@@ -55,9 +56,19 @@ class EngineModel(LlamaCppModel):
                          flash_attn=flash_attn, seed=seed)
         from fmstack.models.engine import Engine
 
-        self.engine: Engine = Engine(self, n_slots=parallel, n_ctx=total, chunk=chunk,
-                                     n_batch=max(n_batch, parallel + chunk),
-                                     speculative=speculative)
+        self._draft: LlamaCppModel | None = None
+        try:
+            if draft is not None:
+                self._draft = _load_draft(draft, n_threads)
+                speculative = speculative or 4
+            self.engine: Engine = Engine(self, n_slots=parallel, n_ctx=total, chunk=chunk,
+                                         n_batch=max(n_batch, parallel + chunk),
+                                         speculative=speculative, draft=self._draft)
+        except BaseException:
+            if self._draft is not None:
+                self._draft.close()
+            super().close()
+            raise
         # The engine's slots may be a little larger (llama.cpp rounds n_ctx up); the window a
         # request gets is the smaller of the two, so a prompt that passes the check fits both.
         self._n_ctx = min(self._n_ctx, self.engine.slot_ctx)
@@ -123,4 +134,16 @@ class EngineModel(LlamaCppModel):
     def close(self) -> None:
         if not self._closed:
             self.engine.close()
+            if self._draft is not None:
+                self._draft.close()
         super().close()
+
+
+def _load_draft(uri: str, n_threads: int | None) -> LlamaCppModel:
+    from fmstack.models.registry import resolve
+
+    backend, target = resolve(uri)
+    if backend not in ("llamacpp", "engine"):
+        raise ConfigError(f"draft model {uri} must be a GGUF model (llamacpp), not {backend}")
+    # Its own one-sequence context is not used for drafting: keep it small.
+    return LlamaCppModel(target, name=uri, n_ctx=256, n_threads=n_threads)

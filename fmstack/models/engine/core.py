@@ -15,11 +15,12 @@ spin per calling thread, so one caller is fastest). A step:
    the same logits, and streams the text to the sequence's queue.
 
 **Speculative decoding** (``speculative=k``): a decoding sequence also feeds up to ``k`` draft
-tokens found by prompt lookup (the continuation of the latest earlier occurrence of its last
-n-gram), all with logits. The rows are then sampled in order exactly as one-token steps would
-be, and drafts are kept while they equal what was sampled; the rest of the KV is dropped. With
-batch-invariant logits (below) that leaves every output unchanged, greedy or sampled; a step
-just yields up to ``k + 1`` tokens when the text repeats its context.
+tokens, all with logits: found by prompt lookup (the continuation of the latest earlier
+occurrence of its last n-gram) or proposed by a draft model (``draft.py``). The rows are then
+sampled in order exactly as one-token steps would be, and drafts are kept while they equal
+what was sampled; the rest of the KV is dropped. With batch-invariant logits (below) that
+leaves every output unchanged, greedy or sampled; a step just yields up to ``k + 1`` tokens
+when the drafts are right.
 
 Measured on SmolLM2 (``/root/scratch/eng_exp.py`` in the session that wrote this; the test
 suite checks it): with one KV stream per sequence and flash attention, a sequence's greedy
@@ -124,9 +125,11 @@ class Engine:
 
     def __init__(self, model: LlamaCppModel, *, n_slots: int = 16, n_ctx: int | None = None,
                  chunk: int = 64, n_batch: int | None = None, threads: int | None = None,
-                 speculative: int = 0, ngram: int = 3) -> None:
-        """``speculative``: up to that many prompt-lookup draft tokens per sequence and step
-        (0: off), found by matching the last ``ngram`` (down to 1) tokens."""
+                 speculative: int = 0, ngram: int = 3, draft: LlamaCppModel | None = None
+                 ) -> None:
+        """``speculative``: up to that many draft tokens per sequence and step (0: off),
+        proposed by ``draft`` (a model with the same vocabulary) or, without one, by prompt
+        lookup, matching the last ``ngram`` (down to 1) tokens."""
         if n_slots < 1:
             raise ConfigError(f"n_slots must be >= 1, got {n_slots}")
         if chunk < 1:
@@ -165,6 +168,11 @@ class Engine:
             raise ConfigError("speculative must be >= 0 and ngram >= 1")
         self.speculative, self.ngram = speculative, ngram
         self.drafted = 0  # draft tokens proposed
+        self.drafter = None
+        if draft is not None:
+            from fmstack.models.engine.draft import Drafter
+
+            self.drafter = Drafter(draft, model, n_slots=n_slots, n_ctx=n_ctx, n_batch=n_batch)
         self.accepted = 0  # of which the target model's own sampling agreed
         self._thread = threading.Thread(target=self._loop, name="fmstack-engine", daemon=True)
         self._thread.start()
@@ -206,6 +214,8 @@ class Engine:
                 seq.cancelled = True
             self._cond.notify()
         self._thread.join()
+        if self.drafter is not None:
+            self.drafter.close()
         self._ll.llama_batch_free(self._batch)
         self._ll.llama_free(self._ctx)
 
@@ -297,10 +307,11 @@ class Engine:
         # one prompt chunk, shared out evenly.
         spare = self.n_batch - len(decoding) - self.chunk
         per_seq = min(self.speculative, spare // max(len(decoding), 1))
+        proposals = self._drafts(decoding, per_seq) if per_seq > 0 else {}
         for seq in decoding:
             token, seq.pending = seq.pending, None
             assert token is not None
-            drafts = self._draft(seq, token, per_seq) if per_seq > 0 else []
+            drafts = proposals.get(id(seq), [])
             put(seq, token, True)
             for d in drafts:
                 put(seq, d, True)
@@ -329,15 +340,28 @@ class Engine:
                 with self._cond:
                     self._finish(seq)
 
-    def _draft(self, seq: _Seq, token: int, limit: int) -> list[int]:
-        """Prompt-lookup drafting: find the latest earlier occurrence of the last ``ngram``
-        tokens (prompt and output so far) and propose the tokens that followed it."""
-        assert seq.slot is not None
-        limit = min(limit, seq.params.max_tokens - seq.out.generated - 1,
-                    self.slot_ctx - seq.fed - 2)
-        if limit <= 0:
-            return []
-        history = [*seq.slot.tokens, token]
+    def _drafts(self, decoding: list[_Seq], per_seq: int) -> dict[int, list[int]]:
+        """Draft tokens for each decoding sequence (by ``id``), from the draft model when
+        there is one, else by prompt lookup."""
+        wants: list[tuple[_Seq, list[int], int]] = []
+        for seq in decoding:
+            assert seq.slot is not None and seq.pending is not None
+            # Within max_tokens, and within the slot (the pending token and drafts must fit).
+            limit = min(per_seq, seq.params.max_tokens - seq.out.generated - 1,
+                        self.slot_ctx - seq.fed - 2)
+            if limit > 0:
+                wants.append((seq, [*seq.slot.tokens, seq.pending], limit))
+        if self.drafter is not None:
+            found = self.drafter.propose([(s.slot.seq_id, h, k)  # type: ignore[union-attr]
+                                          for s, h, k in wants])
+        else:
+            found = [self._lookup(h, k) for _, h, k in wants]
+        self.drafted += sum(len(f) for f in found)
+        return {id(s): f for (s, _, _), f in zip(wants, found, strict=True)}
+
+    def _lookup(self, history: list[int], limit: int) -> list[int]:
+        """Prompt lookup: the tokens that followed the latest earlier occurrence of the last
+        ``ngram`` tokens (down to 1) of the prompt and output so far."""
         for size in range(self.ngram, 0, -1):
             if len(history) <= size:
                 continue
@@ -347,7 +371,6 @@ class Engine:
                 if history[start:start + size] == tail:
                     follow = history[start + size:start + size + limit]
                     if follow:
-                        self.drafted += len(follow)
                         return follow
         return []
 
