@@ -37,6 +37,19 @@ PROMPTS = [
 ]
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM this child when the benchmark dies, however it dies (an interrupted
+    asyncio run does not always reach the ``finally`` that stops the server)."""
+    try:
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: the finally below still stops it on a normal exit
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -49,7 +62,8 @@ def server(name: str, cmd: list[str], ready_url: str, log: Path,
     """Run ``cmd`` until ``ready_url`` answers 200; stop it afterwards."""
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                env=dict(os.environ, HF_HUB_OFFLINE="1"))
+                                env=dict(os.environ, HF_HUB_OFFLINE="1"),
+                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         try:
             deadline = time.monotonic() + timeout
             while True:
