@@ -1,0 +1,164 @@
+"""The engine's prefix cache and speculative decoding, measured on SmolLM2 through the Python
+API (no HTTP), each against the same engine with the feature unused, in one run.
+
+    make bench            # or: .venv/bin/python bench/engine_features.py [--threads 2]
+
+Writes bench/results/engine_features.json.
+
+* prefix_cache: a ~1,500-token system prompt shared by several questions. Cold: a system
+  prompt the engine has never seen (each cold request starts with its own distinct line, so
+  nothing is shared); warm: the same system prompt as the previous request, another question.
+  Time to first token (``Completion.timings.ttft``: submit to first token) per request; medians
+  and their ratio. Greedy, 8 output tokens. The warm answers are checked equal to the answers a
+  cold engine gives to the same messages.
+* speculative: a copy task ("Repeat the following text exactly"), greedy, 160 output tokens
+  max, at concurrency 1 and 4; prompt lookup with k = 2, 4, 8 draft tokens against k = 0.
+  Decode throughput = tokens after the first / (total - ttft), summed over requests; best of
+  3 repeats each (the machine is shared); outputs checked identical to k = 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fmstack.models.registry import load_model, smollm2_gguf
+from fmstack.models.types import Message, Request, SamplingParams
+
+RESULTS = Path(__file__).parent / "results" / "engine_features.json"
+
+STORY = (
+    "The old lighthouse stood at the edge of the cliff, its white paint peeling in the salt "
+    "wind. Every night the keeper climbed the spiral stairs, lit the great lamp, and watched "
+    "the ships pass. He had done this for forty years, and he knew every rock and current of "
+    "the bay. Storms came and went, ships were saved and lost, and still the light turned "
+    "through the dark."
+)
+
+
+def engine(threads: int, parallel: int, n_ctx: int, speculative: int = 0) -> Any:
+    return load_model(f"engine:{smollm2_gguf()}", parallel=parallel, n_ctx=n_ctx,
+                      n_threads=threads, speculative=speculative, trace=False)
+
+
+def prefix_cache(threads: int, rounds: int) -> dict[str, Any]:
+    rules = ("Answer in one short sentence. Be accurate and polite. Cite no sources. "
+             "Use plain words. ") * 79
+    questions = ["Name a river.", "Name a mountain.", "Name a city.", "Name a lake.",
+                 "Name a desert.", "Name a forest.", "Name an island.", "Name a sea."]
+
+    def chat(system: str, q: str) -> Request:
+        return Request(messages=[Message(role="system", content=system),
+                                 Message(role="user", content=q)],
+                       params=SamplingParams(temperature=0, max_tokens=8))
+
+    model = engine(threads, parallel=2, n_ctx=2 * 2048)
+    try:
+        n_system = len(model.tokenize(model.render_chat([Message(role="system",
+                                                                 content=rules)]),
+                                      special=True))
+        cold, warm, cached, same = [], [], [], True
+        for i in range(rounds):
+            # A first line of its own: shares nothing with any earlier prompt.
+            system = f"Session {i}: {i * 7919 % 1000} {rules}"
+            c = model.complete(chat(system, questions[i % len(questions)]))
+            cold.append(c.timings.ttft)
+            w = model.complete(chat(system, questions[(i + 1) % len(questions)]))
+            warm.append(w.timings.ttft)
+            cached.append(w.usage.cached_tokens)
+            reference = engine(threads, parallel=1, n_ctx=2048)
+            try:
+                same &= reference.complete(chat(system, questions[(i + 1) % len(questions)])
+                                           ).text == w.text
+            finally:
+                reference.close()
+    finally:
+        model.close()
+    cold_s, warm_s = statistics.median(cold), statistics.median(warm)
+    return {"system_prompt_tokens": n_system, "rounds": rounds,
+            "ttft_cold_s": [round(x, 4) for x in cold], "ttft_warm_s": [round(x, 4) for x in warm],
+            "ttft_cold_median_s": round(cold_s, 4), "ttft_warm_median_s": round(warm_s, 4),
+            "speedup_warm_over_cold": round(cold_s / warm_s, 2),
+            "cached_tokens_warm": cached, "warm_answers_equal_cold_engine": same,
+            "goal": ">= 5x faster warm"}
+
+
+def speculative(threads: int, repeats: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"task": "Repeat the following text exactly: <a 5-sentence story>",
+                           "max_tokens": 160, "levels": {}}
+    for conc in (1, 4):
+        requests = [Request(messages=[Message(role="user", content=(
+            f"Repeat the following text exactly:\n\n{STORY}" + (f" ({i})" if i else "")))],
+            params=SamplingParams(temperature=0, max_tokens=160)) for i in range(conc)]
+        level: dict[str, Any] = {}
+        baseline_text: list[str] | None = None
+        for k in (0, 2, 4, 8):
+            model = engine(threads, parallel=conc, n_ctx=conc * 1024, speculative=k)
+            try:
+                best = None
+                for _ in range(repeats):
+                    outs = model.generate(requests)
+                    after = sum(max(o.usage.completion_tokens - 1, 0) for o in outs)
+                    # The requests run together: decode time is the slowest one's.
+                    span = max(o.timings.total - (o.timings.ttft or 0.0) for o in outs)
+                    rate = after / span
+                    best = rate if best is None or rate > best else best
+                texts = [o.text for o in outs]
+                stats = model.engine.stats()
+            finally:
+                model.close()
+            if baseline_text is None:
+                baseline_text = texts
+            level[f"k{k}"] = {"decode_tok_s": round(best or 0.0, 1),
+                              "completion_tokens": [o.usage.completion_tokens for o in outs],
+                              "acceptance": round(stats.acceptance, 3)
+                              if stats.acceptance is not None else None,
+                              "outputs_equal_k0": texts == baseline_text}
+        base = level["k0"]["decode_tok_s"]
+        for k in (2, 4, 8):
+            level[f"k{k}"]["speedup_over_k0"] = round(level[f"k{k}"]["decode_tok_s"] / base, 2)
+        out["levels"][f"c{conc}"] = level
+    out["goal"] = ">= 1.5x"
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    started = time.perf_counter()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=Path(__file__).parent).stdout.strip()
+    result = {
+        "benchmark": "engine_features",
+        "command": "python bench/engine_features.py " + " ".join(sys.argv[1:]),
+        "commit": commit,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "loadavg_1min_at_start": os.getloadavg()[0]},
+        "model": f"SmolLM2-135M-Instruct Q4_1 (engine backend, n_threads={args.threads})",
+        "prefix_cache": prefix_cache(args.threads, args.rounds),
+        "speculative": speculative(args.threads, args.repeats),
+    }
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    tmp = RESULTS.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, RESULTS)
+    print(json.dumps({k: result[k] for k in ("prefix_cache", "speculative")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
