@@ -39,7 +39,7 @@ from fmstack.models.registry import smollm2_gguf
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results" / "quant.json"
 PLOT = ROOT / "bench" / "results" / "quant.png"
-TYPES = "Q8_0,Q6_K,Q5_K_M,Q5_0,Q4_K_M,Q4_0,Q3_K_M,Q2_K"
+TYPES = "Q8_0,Q6_K,Q5_K_M,Q5_1,Q5_0,Q4_K_M,Q4_1,Q4_0,Q3_K_M,Q2_K"
 
 
 def git_state() -> tuple[str, list[str]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner, Result
@@ -70,6 +71,7 @@ def test_cli_bits_per_byte_equal_eval_benchmark(tmp_path: Path, smollm2_path: Pa
     assert run["prompt_tok_s"] == pytest.approx(run["prompt_tokens"] / run["ttft_s"])
     assert row["decode_tok_s"] == pytest.approx(1 / run["tpot_s"]) and row["decode_tok_s"] > 0
     assert row["delta_bits_per_byte"] == 0 and row["decode_speedup"] == 1
+    assert row["weight_rel_rmse"] is None  # one file: nothing to compare its weights with
 
     # The table shows the row as computed; the plot is a real PNG.
     assert "Q4_1" in result.stdout and f"{ref.bits_per_byte:.4f}" in result.stdout
@@ -90,6 +92,41 @@ def test_gguf_info_agrees_with_llama_cpp(smollm2_path: Path) -> None:
         llm.close()
     assert info.bits_per_weight == pytest.approx(8 * info.tensor_bytes / info.n_params)
     assert math.isclose(info.n_params, 134_515_008)
+
+
+def _write_gguf(path: Path, tensors: dict[str, Any]) -> Path:
+    import gguf
+
+    writer = gguf.GGUFWriter(path, "llama")
+    for name, (data, qtype) in tensors.items():
+        writer.add_tensor(name, data, raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_weight_error_is_the_relative_rms_difference(tmp_path: Path) -> None:
+    import numpy as np
+    from gguf import GGMLQuantizationType as T
+    from gguf.quants import dequantize, quantize
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((4, 64)).astype(np.float32) for _ in range(2))
+    ref = _write_gguf(tmp_path / "ref.gguf", {"a": (a, T.F32), "b": (b, T.F32)})
+    qa, qb = quantize(a, T.Q4_0), quantize(b, T.Q8_0)
+    q = _write_gguf(tmp_path / "q.gguf", {"a": (qa, T.Q4_0), "b": (qb, T.Q8_0)})
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    da, db = (dequantize(x, t).astype(np.float64) for x, t in ((qa, T.Q4_0), (qb, T.Q8_0)))
+    want = math.sqrt((np.square(da - a64).sum() + np.square(db - b64).sum())
+                     / (np.square(a64).sum() + np.square(b64).sum()))
+    assert quant.weight_error(q, ref) == pytest.approx(want, rel=1e-9) and 0.01 < want < 0.2
+    info = quant.gguf_info(q)
+    assert info.n_params == 512 and info.tensor_types == {"Q4_0": 1, "Q8_0": 1}
+    assert info.bits_per_weight == pytest.approx((4.5 + 8.5) / 2)  # 18 and 34 bytes per 32
+    other = _write_gguf(tmp_path / "other.gguf", {"a": (a[:2], T.F32), "b": (b, T.F32)})
+    assert quant.weight_error(other, ref) is None  # not the same tensors: no comparison
 
 
 def test_slice_is_whole_lines_and_the_same_text_for_every_model() -> None:

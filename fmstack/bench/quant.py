@@ -11,8 +11,12 @@ For each GGUF file:
 * **speed** through the llamacpp backend (``load_model("llamacpp:PATH")``), greedy: a raw-text
   Shakespeare passage of ``prompt_tokens`` as the prompt, then ``decode_tokens`` generated.
   Prompt tok/s = prompt tokens computed / time to first token; decode tok/s = 1 / time per
-  output token after the first. Each repeat uses another passage (nothing comes from the KV
-  cache; the count of cached tokens is checked) and the median is kept.
+  output token after the first. ``repeats`` rounds run every variant once each (a fresh load,
+  a warm-up, then the run), each round on another passage and starting one variant later, so
+  background load that changes during the run is shared out; the median is kept.
+* **weight error**: the relative RMS difference of all weights from the reference row's file
+  (the F16 one where it was made), dequantized with ``gguf``; it explains the quality column
+  where a type's name would mislead.
 * **quality** as bits per byte (and token perplexity) on a slice of a Shakespeare play with the
   eval layer's own code (``fmstack.eval.benchmarks``: the text, the line-boundary chunker and
   ``lm_score``), chunked exactly as ``fmstack eval bench shakespeare`` does, so a slice that
@@ -30,6 +34,7 @@ are cached under ``fmstack.config.cache_dir()/quant``.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import statistics
@@ -40,9 +45,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fmstack.errors import ConfigError, FmstackError, ModelNotFoundError, missing
+
+if TYPE_CHECKING:
+    from fmstack.models.base import Model
 
 # Types llama-quantize makes without an importance matrix (the IQ1/IQ2/IQ3 types need one).
 QUANT_TYPES = (
@@ -173,6 +181,16 @@ def speed_prompts(work: str, skip_chars: int, count: int, chars: int) -> list[st
 
 
 @dataclass
+class Quality:
+    bits_per_byte: float
+    perplexity: float
+    n_tokens: int
+    n_bytes: int
+    chunks: int
+    seconds: float
+
+
+@dataclass
 class VariantResult:
     label: str
     origin: str  # given | converted | quantized | requantized
@@ -187,10 +205,12 @@ class VariantResult:
     prompt_tok_s: float
     decode_tokens: int
     decode_tok_s: float
+    # One per speed round, each with the machine's 1-minute load average when it began: on
+    # shared cores a speed difference between rows means little when that moved.
     runs: list[dict[str, float]] = field(default_factory=list)
-    # The machine's 1-minute load average before the speed runs: on shared cores, speed
-    # differences between rows mean little when this moved between them.
-    load_avg: float | None = None
+    # sqrt(sum (w - w_ref)^2 / sum w_ref^2) over every weight, against the reference row's file
+    # (None: no reference, or not the same tensors).
+    weight_rel_rmse: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -198,60 +218,84 @@ class VariantResult:
         return data
 
 
-def measure(path: str | Path, config: QuantConfig, *, label: str | None = None,
-            origin: str = "given") -> VariantResult:
-    """Speed, then quality, of one GGUF file, loaded once through the llamacpp backend."""
-    config.validate()
-    info = gguf_info(path)
-    from fmstack.eval.benchmarks import chunk_text
-    from fmstack.eval.metrics.model import lm_score
+def _load(path: Path, config: QuantConfig) -> Model:
     from fmstack.models.registry import load_model
-    from fmstack.models.types import Request
 
-    text = shakespeare_slice(config.ppl_chars, config.work)
     options: dict[str, Any] = {"n_ctx": config.n_ctx}
     if config.threads is not None:
         options["n_threads"] = config.threads
-    lm = load_model(f"llamacpp:{info.path}", trace=False, **options)
+    return load_model(f"llamacpp:{path}", trace=False, **options)
+
+
+def measure_quality(path: str | Path, config: QuantConfig) -> Quality:
+    """Bits per byte and perplexity of the Shakespeare slice: exactly ``run_shakespeare``'s
+    chunking and scoring (``chunk_text`` and ``lm_score``), on this slice."""
+    from fmstack.eval.benchmarks import chunk_text
+    from fmstack.eval.metrics.model import lm_score
+
+    text = shakespeare_slice(config.ppl_chars, config.work)
+    lm = _load(check_gguf(path), config)
     try:
-        # Speed first, on a fresh cache. The warm-up faults the weights in.
-        lm.generate([Request.text("To be, or not to be", temperature=0, max_tokens=4)])
-        # ~4 characters per token in this verse; the prompt is cut to prompt_tokens below.
-        passages = speed_prompts(config.work, len(text), config.repeats,
-                                 config.prompt_tokens * 6)
-        load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-        runs = []
-        for passage in passages:
-            prompt = lm.detokenize(lm.tokenize(passage)[: config.prompt_tokens])
-            done = lm.generate([Request.text(prompt, temperature=0,
-                                             max_tokens=config.decode_tokens)])[0]
-            t, u = done.timings, done.usage
-            if t.ttft is None or t.tpot is None or u.completion_tokens < 2:
-                raise FmstackError(f"{info.path}: decoded {u.completion_tokens} token(s) from a "
-                                   "Shakespeare prompt; decode speed needs at least 2")
-            computed = u.prompt_tokens - u.cached_tokens
-            runs.append({"prompt_tokens": computed, "ttft_s": t.ttft,
-                         "prompt_tok_s": computed / t.ttft,
-                         "decode_tokens": u.completion_tokens, "tpot_s": t.tpot,
-                         "decode_tok_s": 1.0 / t.tpot})
-        # Quality: exactly run_shakespeare's chunking and scoring, on the slice.
         size = chunk_size(lm.context_length, config.chunk_tokens)
         chunks = list(chunk_text(text, size, lambda s: len(lm.tokenize(s))))
         start = time.perf_counter()
         score = lm_score(lm, chunks)
-        score_seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start
     finally:
         lm.close()
-    return VariantResult(
-        label=label or info.file_type, origin=origin, info=info,
-        bits_per_byte=score.bits_per_byte, perplexity=score.perplexity,
-        n_tokens=score.n_tokens, n_bytes=score.n_bytes, chunks=len(chunks),
-        score_seconds=score_seconds,
-        prompt_tokens=int(statistics.median(r["prompt_tokens"] for r in runs)),
-        prompt_tok_s=statistics.median(r["prompt_tok_s"] for r in runs),
-        decode_tokens=int(statistics.median(r["decode_tokens"] for r in runs)),
-        decode_tok_s=statistics.median(r["decode_tok_s"] for r in runs), runs=runs,
-        load_avg=load_avg)
+    return Quality(bits_per_byte=score.bits_per_byte, perplexity=score.perplexity,
+                   n_tokens=score.n_tokens, n_bytes=score.n_bytes, chunks=len(chunks),
+                   seconds=seconds)
+
+
+def measure_speed(path: str | Path, config: QuantConfig, passage: str) -> dict[str, float]:
+    """One greedy run on a fresh load: the first ``prompt_tokens`` of ``passage`` as a raw
+    prompt, then ``decode_tokens`` generated. Prompt tok/s = tokens computed / time to first
+    token; decode tok/s = 1 / time per output token after the first."""
+    from fmstack.models.types import Request
+
+    lm = _load(check_gguf(path), config)
+    try:
+        # The warm-up faults the weights in; its prompt shares no prefix with the passage but
+        # BOS, and cached tokens are subtracted anyway.
+        lm.generate([Request.text("To be, or not to be", temperature=0, max_tokens=4)])
+        load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else -1.0
+        prompt = lm.detokenize(lm.tokenize(passage)[: config.prompt_tokens])
+        done = lm.generate([Request.text(prompt, temperature=0,
+                                         max_tokens=config.decode_tokens)])[0]
+    finally:
+        lm.close()
+    t, u = done.timings, done.usage
+    if t.ttft is None or t.tpot is None or u.completion_tokens < 2:
+        raise FmstackError(f"{path}: decoded {u.completion_tokens} token(s) from a Shakespeare "
+                           "prompt; decode speed needs at least 2")
+    computed = u.prompt_tokens - u.cached_tokens
+    return {"prompt_tokens": computed, "ttft_s": t.ttft, "prompt_tok_s": computed / t.ttft,
+            "decode_tokens": u.completion_tokens, "tpot_s": t.tpot,
+            "decode_tok_s": 1.0 / t.tpot, "load_avg": load_avg}
+
+
+def weight_error(path: str | Path, reference: str | Path) -> float | None:
+    """Relative RMS difference of all weights of two GGUF files (dequantized by ``gguf``):
+    sqrt(sum (w - w_ref)^2 / sum w_ref^2). None when they do not hold the same tensors."""
+    try:
+        import gguf
+        import numpy as np
+        from gguf.quants import dequantize
+    except ImportError:
+        raise missing("gguf", "bench") from None
+    ours = {t.name: t for t in gguf.GGUFReader(check_gguf(path)).tensors}
+    theirs = {t.name: t for t in gguf.GGUFReader(check_gguf(reference)).tensors}
+    if ours.keys() != theirs.keys() or any(
+            ours[n].n_elements != theirs[n].n_elements for n in ours):
+        return None
+    num = den = 0.0
+    for name, ref in theirs.items():
+        w_ref = dequantize(ref.data, ref.tensor_type).astype(np.float64).ravel()
+        w = dequantize(ours[name].data, ours[name].tensor_type).astype(np.float64).ravel()
+        num += float(np.square(w - w_ref).sum())
+        den += float(np.square(w_ref).sum())
+    return math.sqrt(num / den) if den > 0 else None
 
 
 # ----- making variants with llama.cpp's tools -----------------------------------------------
@@ -477,10 +521,33 @@ def run(models: Sequence[str], config: QuantConfig, *, quantize: Sequence[str] =
         rows += made.made
         notes += made.notes
         base = made.base
+    rows = _unique_labels(rows)
+    quality = {}
+    for label, path, _ in rows:
+        log(f"scoring {label} ({path.name}) on {config.ppl_chars} chars of {config.work}")
+        quality[label] = measure_quality(path, config)
+    # Speed in rounds over all variants, each round starting one variant later, so a change in
+    # the machine's background load during the run does not land on one variant alone.
+    slice_chars = len(shakespeare_slice(config.ppl_chars, config.work))
+    # ~4 characters per token in this verse; each prompt is cut to prompt_tokens.
+    passages = speed_prompts(config.work, slice_chars, config.repeats, config.prompt_tokens * 6)
+    runs: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in rows}
+    for i, passage in enumerate(passages):
+        k = i % len(rows)
+        for label, path, _ in rows[k:] + rows[:k]:
+            log(f"speed run {i + 1}/{len(passages)}: {label}")
+            runs[label].append(measure_speed(path, config, passage))
     results = []
-    for label, path, origin in _unique_labels(rows):
-        log(f"measuring {label} ({path.name})")
-        results.append(measure(path, config, label=label, origin=origin))
+    for label, path, origin in rows:
+        q, r = quality[label], runs[label]
+        results.append(VariantResult(
+            label=label, origin=origin, info=gguf_info(path), bits_per_byte=q.bits_per_byte,
+            perplexity=q.perplexity, n_tokens=q.n_tokens, n_bytes=q.n_bytes, chunks=q.chunks,
+            score_seconds=q.seconds,
+            prompt_tokens=int(statistics.median(x["prompt_tokens"] for x in r)),
+            prompt_tok_s=statistics.median(x["prompt_tok_s"] for x in r),
+            decode_tokens=int(statistics.median(x["decode_tokens"] for x in r)),
+            decode_tok_s=statistics.median(x["decode_tok_s"] for x in r), runs=r))
     slice_text = shakespeare_slice(config.ppl_chars, config.work)
     settings = asdict(config) | {
         "slice": {"work": config.work, "chars": len(slice_text),
@@ -491,8 +558,12 @@ def run(models: Sequence[str], config: QuantConfig, *, quantize: Sequence[str] =
         "quantize": list(quantize), "variant_source": base,
     }
     results.sort(key=lambda v: -v.info.bits_per_weight)  # widest first, as tables show them
-    reference = next((v.label for v in results if v.origin == "converted"), None)
-    return QuantResult(settings, results, notes, reference or results[0].label)
+    ref = next((v for v in results if v.origin == "converted"), results[0])
+    if len(results) > 1:
+        log(f"weight error of every variant against {ref.label}")
+        for v in results:
+            v.weight_rel_rmse = weight_error(v.info.path, ref.info.path)
+    return QuantResult(settings, results, notes, ref.label)
 
 
 def table_rows(result: QuantResult) -> list[list[str]]:
@@ -505,13 +576,17 @@ def table_rows(result: QuantResult) -> list[list[str]]:
             v["label"], f"{info['size_bytes'] / 2**20:.1f}", f"{info['bits_per_weight']:.2f}",
             f"{v['bits_per_byte']:.4f}",
             "-" if delta is None or v["label"] == result.reference else f"{delta:+.4f}",
-            f"{v['perplexity']:.2f}", f"{v['prompt_tok_s']:.0f}", f"{v['decode_tok_s']:.1f}",
+            f"{v['perplexity']:.2f}",
+            "-" if v["weight_rel_rmse"] is None else f"{100 * v['weight_rel_rmse']:.2f}%",
+            f"{v['prompt_tok_s']:.0f}", f"{v['decode_tok_s']:.1f}",
         ])
     return rows
 
 
-TABLE_COLUMNS = ("variant", "MiB", "bits/w", "bits/byte", "Δ bpb", "ppl", "pp tok/s",
-                 "tg tok/s")
+TABLE_COLUMNS = ("variant", "MiB", "bpw", "bpb", "Δ bpb", "ppl", "w err", "pp t/s", "tg t/s")
+TABLE_LEGEND = ("bpw: bits per weight; bpb: bits per byte on the Shakespeare slice; ppl: token "
+                "perplexity; w err: relative RMS weight difference; pp/tg t/s: prompt/decode "
+                "tokens per second")
 
 
 def type_rows(result: QuantResult) -> list[list[str]]:

@@ -217,7 +217,7 @@ def quant(
 def print_quant(result: QuantResult) -> None:
     from rich.table import Table
 
-    from fmstack.bench.quant import TABLE_COLUMNS, table_rows, type_rows
+    from fmstack.bench.quant import TABLE_COLUMNS, TABLE_LEGEND, table_rows, type_rows
 
     s = result.settings
     table = Table(title=f"bits per byte on {s['slice']['chars']} chars of {s['work']}; "
@@ -235,7 +235,7 @@ def print_quant(result: QuantResult) -> None:
     console.print(table)
     console.print(types)
     if result.reference is not None:
-        console.print(f"Δ bpb: against {result.reference}; pp: prompt processing, tg: decode",
+        console.print(f"{TABLE_LEGEND}; Δ bpb and w err against {result.reference}",
                       markup=False)
     for note in result.notes:
         common.err().print(f"note: {note}", markup=False, style="yellow")
