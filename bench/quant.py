@@ -5,11 +5,16 @@ llama.cpp's llama-quantize makes from it, measured by ``fmstack bench quant``'s 
                           #     [--types Q8_0,...] [--repeats 3] [--threads 1]
 
 Writes bench/results/quant.json and bench/results/quant.png. Per variant: file size, bits per
-weight (tensor data / weights), the tensor types in the file, prompt-processing and decode
-tokens/s (the median of ``--repeats`` greedy runs of a 256-token Shakespeare prompt plus 128
-generated tokens, one thread) and bits per byte / perplexity on the first ``--ppl-chars``
-characters of Hamlet scored in 512-token chunks exactly as ``fmstack eval bench shakespeare``
-scores them.
+weight (tensor data / weights), the tensor types in the file, the relative RMS difference of
+its weights from the F16 file's, prompt-processing and decode tokens/s (the median of
+``--repeats`` rounds; each round runs every variant once, freshly loaded, greedy, a 256-token
+Shakespeare prompt plus 128 generated tokens, one thread, and starts one variant later than the
+round before) and bits per byte / perplexity on the first ``--ppl-chars`` characters of Hamlet
+scored in 512-token chunks exactly as ``fmstack eval bench shakespeare`` scores them.
+
+``Q4_1`` is made again from the F16 file as a check: it should land on the released Q4_1's
+weights (the F16 file holds them), and so on its bits per byte. The machine's 2 cores are shared
+with other work: each speed run records the 1-minute load average when it began.
 
 The F16 file comes from the transformers checkpoint that the hf backend dequantizes from the
 Q4_1 release, converted by llama.cpp's convert_hf_to_gguf.py; the other types are quantized from

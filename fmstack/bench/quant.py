@@ -490,15 +490,20 @@ def resolve_gguf(model: str) -> Path:
 
 
 def _unique_labels(rows: list[tuple[str, Path, str]]) -> list[tuple[str, Path, str]]:
-    # A row is named by its file's type; two rows of one type (the release's Q4_1 and one made
-    # with --quantize Q4_1, or two given files) get their origin or file name added.
-    counts: dict[str, int] = {}
-    for label, _, _ in rows:
-        counts[label] = counts.get(label, 0) + 1
+    # A row is named by its file's type; two rows of one type get their origin added (the
+    # release's Q4_1 and one made with --quantize Q4_1), or their file name when that is the
+    # same too (two given files).
+    counts: dict[tuple[str, str], int] = {}
+    types: dict[str, int] = {}
+    for label, _, origin in rows:
+        counts[label, origin] = counts.get((label, origin), 0) + 1
+        types[label] = types.get(label, 0) + 1
     out, seen = [], set()
     for label, path, origin in rows:
-        if counts[label] > 1:
-            label = f"{label} ({origin})" if origin != "given" else f"{label} ({path.name})"
+        if counts[label, origin] > 1:
+            label = f"{label} ({path.name})"
+        elif types[label] > 1:
+            label = f"{label} ({origin})"
         while label in seen:
             label += "'"
         seen.add(label)

@@ -160,7 +160,7 @@ def quant(
         help="GGUF files, llamacpp:PATH URIs or aliases (smollm2, gemma3-270m).")],
     quantize: Annotated[str | None, typer.Option(
         "--quantize", "-q", help="Also make these types from the first model with llama.cpp's "
-        "llama-quantize, e.g. Q8_0,Q5_K_M,Q4_K_M,Q4_0,Q2_K (needs tools/build_llama_cpp.sh).")]
+        "llama-quantize, e.g. Q8_0,Q5_K_M,Q4_K_M,Q4_0,Q2_K (needs `make llama-cpp-tools`).")]
         = None,
     ppl_chars: Annotated[int, typer.Option(
         "--ppl-chars", help="Characters of Shakespeare (whole lines) scored for bits per byte.")]
