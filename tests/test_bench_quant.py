@@ -129,6 +129,14 @@ def test_weight_error_is_the_relative_rms_difference(tmp_path: Path) -> None:
     assert quant.weight_error(other, ref) is None  # not the same tensors: no comparison
 
 
+def test_rows_of_one_type_are_told_apart() -> None:
+    a, b, c = Path("pkg/m.Q4_1.gguf"), Path("cache/m.Q4_1.gguf"), Path("other/n.Q4_1.gguf")
+    rows = quant._unique_labels([("Q4_1", a, "given"), ("F16", b, "converted"),
+                                 ("Q4_1", b, "quantized"), ("Q4_1", c, "given")])
+    assert [r[0] for r in rows] == ["Q4_1 (m.Q4_1.gguf)", "F16", "Q4_1 (quantized)",
+                                    "Q4_1 (n.Q4_1.gguf)"]
+
+
 def test_slice_is_whole_lines_and_the_same_text_for_every_model() -> None:
     text = shakespeare_text()
     for chars in (1, 500, 3000):
