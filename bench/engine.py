@@ -42,6 +42,7 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -200,6 +201,65 @@ def table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+def cpu_ticks() -> tuple[int, int] | None:
+    """(busy ticks of the whole machine, ticks of this process and its descendants), from
+    /proc; None where there is no /proc. Steal time is left out: it is the hypervisor's."""
+    try:
+        user, nice, system, _idle, _iowait, irq, softirq = (
+            int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8])
+    except (OSError, ValueError):
+        return None
+    parent: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue  # exited while we looked
+        # After the ")" that closes the command name: state, ppid, ..., utime (14), stime (15).
+        fields = text[text.rindex(")") + 2:].split()
+        parent[int(entry.name)] = int(fields[1])
+        ticks[int(entry.name)] = int(fields[11]) + int(fields[12])
+    me, mine = os.getpid(), 0
+    for pid, t in ticks.items():
+        p = pid
+        while p > 1:
+            if p == me:
+                mine += t
+                break
+            p = parent.get(p, 0)
+    return user + nice + system + irq + softirq, mine
+
+
+def others_cpu_pct(before: tuple[int, int] | None, after: tuple[int, int] | None,
+                   seconds: float) -> float | None:
+    """The share of the machine's CPU (all cores) that processes outside this benchmark and
+    its servers used between two ``cpu_ticks`` samples."""
+    if before is None or after is None or seconds <= 0:
+        return None
+    others = (after[0] - before[0]) - (after[1] - before[1])
+    hz = os.sysconf("SC_CLK_TCK")
+    return round(max(0.0, 100.0 * others / (hz * seconds * (os.cpu_count() or 1))), 1)
+
+
+def wait_for_quiet(max_wait_s: float, threshold_pct: float = 15.0) -> float:
+    """Wait (up to ``max_wait_s``) until other processes use under ``threshold_pct`` of the
+    machine over 3 s; returns the seconds waited. llama.cpp's threads wait for each other at
+    every step, so one busy neighbour on a 2-core machine slows a 2-thread server many times
+    over (a decode step of 17 ms took 1 s while another benchmark ran)."""
+    start = time.monotonic()
+    while True:
+        before, t0 = cpu_ticks(), time.monotonic()
+        time.sleep(3.0)
+        busy = others_cpu_pct(before, cpu_ticks(), time.monotonic() - t0)
+        waited = time.monotonic() - start
+        if busy is None or busy < threshold_pct or waited >= max_wait_s:
+            return round(waited, 1)
+        print(f"[bench]   other processes use {busy}% of the CPU; waiting", flush=True)
+
+
 def parse_levels(levels: str, counts: str) -> list[Level]:
     cs = [int(c) for c in levels.split(",")]
     ns = [int(n) for n in counts.split(",")]
@@ -231,6 +291,9 @@ def main() -> None:
     ap.add_argument("--goodput", default="ttft:2000 tpot:100", help="SLOs in ms, as vLLM's")
     ap.add_argument("--fmstack-extra", default="",
                     help="extra flags for fmstack serve, e.g. '--max-concurrency 16'")
+    ap.add_argument("--wait-quiet", type=float, default=600.0,
+                    help="seconds to wait before each level for other processes to leave the "
+                         "CPU (0: do not wait)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "engine.json"))
     args = ap.parse_args()
     try:
@@ -286,8 +349,11 @@ def main() -> None:
             "shorter_than_same_prompt_at_c1: greedy answers under load shorter than the same "
             "prompt alone on the same server; a cut-short request looks like this, but so "
             "does an answer whose batched numerics took another greedy path to an earlier EOS",
-            "loadavg_1min_before_after: above the core count, other processes competed for "
-            "the CPU during that level",
+            "other_processes_cpu_pct: the share of the machine's CPU (all cores) used during "
+            "that level by processes other than this benchmark and its server (from /proc); "
+            "waited_for_quiet_s: how long the level waited for it to drop under 15% first "
+            f"(at most {args.wait_quiet:g} s); loadavg_1min_before_after counts our own "
+            "server and client too",
         ],
         "results": {},
     }
@@ -322,8 +388,11 @@ def main() -> None:
                     config = BenchConfig(base_url=base_url, model=MODEL,
                                          max_tokens=args.max_tokens,
                                          concurrency=level.concurrency, goodput=goodput)
+                    waited = wait_for_quiet(args.wait_quiet) if args.wait_quiet > 0 else 0.0
                     before = os.getloadavg()[0]
+                    ticks, t0 = cpu_ticks(), time.monotonic()
                     result = run(config, prompts, progress=False)
+                    others = others_cpu_pct(ticks, cpu_ticks(), time.monotonic() - t0)
                     if level.concurrency == 1:
                         solo = {r.index % len(PROMPTS): r.completion_tokens
                                 for r in result.requests if r.ok}
@@ -331,12 +400,14 @@ def main() -> None:
                     row["slots"] = launch.slots
                     row["loadavg_1min_before_after"] = [round(before, 2),
                                                         round(os.getloadavg()[0], 2)]
+                    row["other_processes_cpu_pct"] = others
+                    row["waited_for_quiet_s"] = waited
                     results["results"].setdefault(f"c{level.concurrency}", {})[name] = row
                     tok = row["completion_tokens"]
                     print(f"[bench]   {row['output_tok_s']} tok/s, TTFT p50 "
                           f"{row['ttft_ms']['p50']} ms, TPOT p50 {row['tpot_ms']['p50']} ms, "
                           f"failed {row['failed']}, tokens {tok['min']}-{tok['max']}, "
-                          f"cut {tok['cut_short']}", flush=True)
+                          f"cut {tok['cut_short']}, others' CPU {others}%", flush=True)
                     results.update(goal_ratios(results["results"]))
                     write_json(args.out, results)
     results["all_requests_complete_and_uncut"] = {

@@ -5,6 +5,7 @@ the benchmark, not here (building llama.cpp takes many minutes)."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -112,3 +113,30 @@ def test_table_has_a_row_per_server_and_level_in_order_with_truncations(
     assert lines[2].startswith("| fmstack | 4 | 8 | 0 | 120 | 100 | 250.5 | 12 | 0.5 |")
     assert lines[3].startswith("| fmstack | 16 |") and lines[3].endswith("| 100/127.5/128 | 3 |")
     assert lines[4].startswith("| llama_server | 16 |")
+
+
+def test_cpu_used_by_the_benchmarks_own_children_is_not_counted_as_others(
+        engine: ModuleType) -> None:
+    import subprocess
+
+    before = engine.cpu_ticks()
+    assert before is not None, "no /proc on this machine"
+    # A child (as a server is) that burns half a second of CPU time, then stays alive so that
+    # its ticks are still there to read.
+    child = subprocess.Popen([sys.executable, "-c",
+                              "import time\nwhile time.process_time() < 0.5: pass\n"
+                              "print('done', flush=True)\ntime.sleep(60)"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "done"
+        after = engine.cpu_ticks()
+    finally:
+        child.kill()
+        child.wait()
+    hz = os.sysconf("SC_CLK_TCK")
+    assert after[1] - before[1] >= 0.45 * hz  # the child's ticks are ours
+    # others = machine busy minus ours, as a share of every core over the interval.
+    ncpu = os.cpu_count() or 1
+    assert engine.others_cpu_pct((1000, 100), (1000 + hz * ncpu, 100 + hz * ncpu // 2),
+                                 2.0) == 25.0
+    assert engine.others_cpu_pct(None, after, 1.0) is None
