@@ -245,3 +245,24 @@ def test_a_draft_model_with_another_vocabulary_is_refused() -> None:
     with pytest.raises(ConfigError, match="does not share the vocabulary"):
         load_model(f"engine:{smollm2_gguf()}", parallel=2, n_ctx=1024, trace=False,
                    draft="gemma3-270m")
+
+
+def test_a_prefix_is_copied_from_a_busy_slot_exactly(engine: EngineModel,
+                                                     reference: object) -> None:
+    """B arrives while A, with the same long system prompt, is still decoding: B's slot gets a
+    copy of A's KV prefix, and B answers exactly as it would cold."""
+    system = Message(role="system", content="You describe animals for children. " * 30)
+
+    def req(q: str, n: int) -> Request:
+        return Request(messages=[system, Message(role="user", content=q)],
+                       params=SamplingParams(temperature=0, max_tokens=n))
+
+    pool = engine.engine.pool
+    copies = pool.copies
+    a = engine.stream(req("Describe a whale at length.", 60))
+    next(a)  # A holds its slot and has prefilled the system prompt
+    b = engine.complete(req("Name a bird.", 8))
+    rest = list(a)
+    assert rest and pool.copies == copies + 1
+    assert b.usage.cached_tokens >= 128
+    assert b.text == reference.complete(req("Name a bird.", 8)).text  # type: ignore[attr-defined]
