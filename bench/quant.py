@@ -27,6 +27,7 @@ the JSON says so.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -63,7 +64,13 @@ def main() -> None:
     ap.add_argument("--decode-tokens", type=int, default=128)
     ap.add_argument("--prompt-tokens", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--replot", action="store_true",
+                    help="only draw quant.png again from quant.json (nothing is measured)")
     args = ap.parse_args()
+    if args.replot:
+        quant.plot(quant.QuantResult.from_json(json.loads(OUT.read_text())), PLOT)
+        print(f"wrote {PLOT.relative_to(ROOT)} from {OUT.relative_to(ROOT)}")
+        return
 
     config = quant.QuantConfig(ppl_chars=args.ppl_chars, decode_tokens=args.decode_tokens,
                                prompt_tokens=args.prompt_tokens, repeats=args.repeats,

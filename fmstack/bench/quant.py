@@ -474,6 +474,19 @@ class QuantResult:
         return {"settings": self.settings, "notes": self.notes, "reference": self.reference,
                 "variants": rows}
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> QuantResult:
+        """Back from ``to_json`` (e.g. to plot a results file again without measuring)."""
+        try:
+            variants = []
+            for row in data["variants"]:
+                row = {k: v for k, v in row.items()
+                       if k not in ("delta_bits_per_byte", "decode_speedup")}
+                variants.append(VariantResult(**(row | {"info": GGUFInfo(**row["info"])})))
+            return cls(data["settings"], variants, data["notes"], data["reference"])
+        except (KeyError, TypeError) as e:
+            raise ConfigError(f"not a bench quant results file: {e}") from None
+
 
 def resolve_gguf(model: str) -> Path:
     """The GGUF path of an alias (``smollm2``), ``llamacpp:PATH`` or a path."""
@@ -602,6 +615,53 @@ def type_rows(result: QuantResult) -> list[list[str]]:
             for v in result.variants]
 
 
+def _merged(labels: list[str]) -> str:
+    # "Q4_1 (given)", "Q4_1 (quantized)" -> "Q4_1 (given, quantized)"
+    heads = {label.split(" (", 1)[0] for label in labels}
+    if len(labels) > 1 and len(heads) == 1 and all(" (" in label for label in labels):
+        inner = ", ".join(label.split(" (", 1)[1].rstrip(")") for label in labels)
+        return f"{heads.pop()} ({inner})"
+    return " = ".join(labels)
+
+
+def _label_points(ax: Any, points: list[tuple[str, float, float]]) -> None:
+    """Label each point at the first of a few spots around it where the text stays inside the
+    axes and overlaps no point and no label placed before; points at one spot share a label."""
+    spots: dict[tuple[float, float], list[str]] = {}
+    for label, x, y in points:
+        spots.setdefault((round(x, 2), round(y, 3)), []).append(label)
+    renderer = ax.figure.canvas.get_renderer()
+    scale = ax.figure.dpi / 72  # points to pixels
+    frame = ax.get_window_extent(renderer)
+    taken = []
+    for _, x, y in points:
+        px, py = ax.transData.transform((x, y))
+        taken.append((px - 5 * scale, py - 5 * scale, px + 5 * scale, py + 5 * scale))
+    offsets = [(dx, dy, "left" if dx > 0 else "right")
+               for dy in (3, -11, 11, -19, 19, -27, 27) for dx in (5, -5)]
+    for (x, y), labels in spots.items():
+        note = ax.annotate(_merged(labels), (x, y), xytext=(5, 3), textcoords="offset points",
+                           fontsize=8)
+        fallback = None
+        for dx, dy, ha in offsets:
+            note.set_position((dx, dy))
+            note.set_horizontalalignment(ha)
+            e = note.get_window_extent(renderer)
+            box = (e.x0, e.y0, e.x1, e.y1)
+            if not (frame.x0 <= e.x0 and e.x1 <= frame.x1 and frame.y0 <= e.y0
+                    and e.y1 <= frame.y1):
+                continue
+            fallback = fallback or (dx, dy, ha, box)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3]
+                       for b in taken):
+                break
+        else:  # nowhere free: the first spot inside the axes, overlapping or not
+            dx, dy, ha, box = fallback or (5, 3, "left", box)
+            note.set_position((dx, dy))
+            note.set_horizontalalignment(ha)
+        taken.append(box)
+
+
 def plot(result: QuantResult, path: str | Path) -> Path:
     """Bits per weight against bits per byte (quality) and against decode tok/s (speed)."""
     try:
@@ -617,11 +677,17 @@ def plot(result: QuantResult, path: str | Path) -> Path:
     panels = ((axes[0], [v.bits_per_byte for v in rows], "bits per byte on Shakespeare "
                "(lower is better)"),
               (axes[1], [v.decode_tok_s for v in rows], "decode tokens/s (higher is better)"))
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     for ax, y, ylabel in panels:
-        ax.plot(x, y, "o:", color="tab:blue", alpha=0.8)
-        for v, xi, yi in zip(rows, x, y, strict=True):
-            ax.annotate(v.label, (xi, yi), textcoords="offset points", xytext=(4, 4),
-                        fontsize=8)
+        ax.scatter(x, y, color="tab:blue", zorder=2)
+        ax.margins(x=0.08, y=0.12)  # room for labels at the edges
+        # Log scale: most types sit between 4 and 9 bits, F16/F32 far to the right.
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([t for t in (3, 4, 5, 6, 7, 8, 10, 12, 16, 24, 32)
+                       if min(x) * 0.9 <= t <= max(x) * 1.1])
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("bits per weight (file)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
@@ -629,6 +695,9 @@ def plot(result: QuantResult, path: str | Path) -> Path:
     fig.suptitle(f"GGUF variants: {s['slice']['chars']} chars of {s['work']}, "
                  f"{s['decode_tokens']} decode tokens, {s['threads']} thread(s)", fontsize=10)
     fig.tight_layout()
+    fig.canvas.draw()  # final axes positions, so label boxes can be placed in pixels
+    for ax, y, _ in panels:
+        _label_points(ax, [(v.label, xi, yi) for v, xi, yi in zip(rows, x, y, strict=True)])
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")

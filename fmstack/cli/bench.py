@@ -232,6 +232,8 @@ def print_quant(result: QuantResult) -> None:
     for row in type_rows(result):
         types.add_row(*row)
     console = common.out()
+    if not console.is_terminal:  # piped or captured: no window to fit, so do not squeeze
+        console.width = max(console.width, 120)
     console.print(table)
     console.print(types)
     if result.reference is not None:
