@@ -407,7 +407,7 @@ def make_variants(source: str | Path, types: Sequence[str], *,
                          "--allow-requantize, i.e. quantized twice")
         notes.append(f"{src.name} is itself quantized ({src_type}) and the original weights "
                      "are not available offline: every variant inherits its rounding error, so "
-                     "an F16 row is that file's quality, not the original model's")
+                     "an F16 row holds that file's quality, not the original model's")
     quantize = find_tool("llama-quantize")
     if quantize is None:
         notes.append("llama-quantize is not built (make llama-cpp-tools, or put it on PATH): "

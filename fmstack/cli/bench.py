@@ -239,6 +239,10 @@ def print_quant(result: QuantResult) -> None:
     if result.reference is not None:
         console.print(f"{TABLE_LEGEND}; Δ bpb and w err against {result.reference}",
                       markup=False)
+    if s.get("variant_source") == "requantized-from-source":
+        common.err().print("warning: the quantized variants were made from an already "
+                           "quantized file (no F16 source): their quality is quantized twice",
+                           markup=False, style="bold red")
     for note in result.notes:
         common.err().print(f"note: {note}", markup=False, style="yellow")
 
