@@ -23,13 +23,14 @@ For each GGUF file:
   ends on its chunk boundaries gives its very number. The slice is the play's first lines up
   to at least ``ppl_chars`` characters, the same text for every variant whatever its tokenizer.
 
-Variants come from files given by the caller and, where llama.cpp's tools are built
-(``tools/build_llama_cpp.sh`` puts them in ``build/llama.cpp/bin``), from ``make_variants``: an
-F16 GGUF converted with llama.cpp's ``convert_hf_to_gguf.py`` from the transformers checkpoint
-that the hf backend dequantizes from the GGUF, then ``llama-quantize`` to each type. When a
-model is only published quantized (SmolLM2 ships as Q4_1), every variant inherits that first
-rounding: the F16 file holds the Q4_1 weights exactly, not the original ones. Produced files
-are cached under ``fmstack.config.cache_dir()/quant``.
+Variants come from files given by the caller and from ``make_variants``: an F16 GGUF
+converted by llama.cpp's ``convert_hf_to_gguf.py`` (from the llama-cpp-python sdist that
+``tools/build_llama_cpp.sh`` unpacks under ``build/``) out of the transformers checkpoint that
+the hf backend dequantizes from the GGUF, then, where ``build/llama.cpp/bin/llama-quantize`` is
+built, each type quantized from it. When a model is only published quantized (SmolLM2 ships as
+Q4_1), every variant inherits that first rounding: the F16 file holds the Q4_1 weights (to f16
+rounding; Q4_1 made again from it has exactly the release's weights), not the original ones.
+Produced files are cached under ``fmstack.config.cache_dir()/quant``.
 """
 
 from __future__ import annotations
