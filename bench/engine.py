@@ -28,6 +28,12 @@ shares them). Each gets one warm-up request after it starts.
   KV cache is split per slot (not unified), 512 positions each: a prompt here is under 64
   tokens and the answer at most 128.
 
+The machine may be shared: before each level the benchmark waits (``--wait-quiet``, default
+600 s) until processes outside it use under 15% of the CPU, measures their share during the
+level (``other_processes_cpu_pct``), and runs a disturbed level again (``--retries``), keeping
+the least disturbed attempt. llama.cpp's threads wait for each other at every step, so a
+2-thread server next to one busy process on 2 cores slows down many times over.
+
 Per (server, concurrency): output tokens/s, TTFT p50/p99, TPOT p50, goodput (requests/s that
 meet every SLO, default ttft:2000 tpot:100 in ms: a first token within 2 s and then at least
 10 tokens/s, about reading speed), requests and failures, and completion tokens per request
@@ -65,12 +71,22 @@ from _servers import (
     summarize,
 )
 
-from fmstack.bench.serve import BenchConfig, Prompt, machine, parse_goodput, run, write_json
+from fmstack.bench.serve import (
+    BenchConfig,
+    BenchResult,
+    Prompt,
+    machine,
+    parse_goodput,
+    run,
+    write_json,
+)
 
 SERVERS = ("fmstack", "llama_cpp_python", "llama_server")
 LLAMA_BIN = ROOT / "build" / "llama.cpp" / "bin"
 # Slots of a batching server for every level up to this concurrency (the issue's table used 16).
 MIN_SLOTS = 16
+# Other processes' share of the CPU (all cores) under which a level counts as undisturbed.
+QUIET_PCT = 15.0
 # (server, concurrency, what) -> the goal's threshold, from the issue.
 GOALS = {
     ("llama_cpp_python", 1): 0.95,
@@ -244,20 +260,53 @@ def others_cpu_pct(before: tuple[int, int] | None, after: tuple[int, int] | None
     return round(max(0.0, 100.0 * others / (hz * seconds * (os.cpu_count() or 1))), 1)
 
 
-def wait_for_quiet(max_wait_s: float, threshold_pct: float = 15.0) -> float:
+def wait_for_quiet(max_wait_s: float, threshold_pct: float = QUIET_PCT) -> float:
     """Wait (up to ``max_wait_s``) until other processes use under ``threshold_pct`` of the
     machine over 3 s; returns the seconds waited. llama.cpp's threads wait for each other at
     every step, so one busy neighbour on a 2-core machine slows a 2-thread server many times
     over (a decode step of 17 ms took 1 s while another benchmark ran)."""
-    start = time.monotonic()
+    start, check = time.monotonic(), 0
     while True:
         before, t0 = cpu_ticks(), time.monotonic()
         time.sleep(3.0)
         busy = others_cpu_pct(before, cpu_ticks(), time.monotonic() - t0)
         waited = time.monotonic() - start
-        if busy is None or busy < threshold_pct or waited >= max_wait_s:
+        if busy is None or busy < threshold_pct:
+            return round(t0 - start, 1)  # the check that found it quiet is not waiting
+        if waited >= max_wait_s:
             return round(waited, 1)
-        print(f"[bench]   other processes use {busy}% of the CPU; waiting", flush=True)
+        if check % 10 == 0:
+            print(f"[bench]   other processes use {busy}% of the CPU; waiting "
+                  f"({waited:.0f} of at most {max_wait_s:g} s)", flush=True)
+        check += 1
+
+
+def measure(config: BenchConfig, prompts: list[Prompt], wait_quiet_s: float,
+            retries: int) -> tuple[BenchResult, dict[str, Any]]:
+    """Run one level after waiting for a quiet CPU; when other processes still took QUIET_PCT
+    or more of it during the level, run the level again (up to ``retries`` times) and keep the
+    least disturbed attempt. Returns it with how disturbed it was."""
+    best: tuple[BenchResult, dict[str, Any]] | None = None
+    attempts = 0
+    while attempts <= retries:
+        attempts += 1
+        waited = wait_for_quiet(wait_quiet_s) if wait_quiet_s > 0 else 0.0
+        load = os.getloadavg()[0]
+        ticks, t0 = cpu_ticks(), time.monotonic()
+        result = run(config, prompts, progress=False)
+        others = others_cpu_pct(ticks, cpu_ticks(), time.monotonic() - t0)
+        info = {"loadavg_1min_before_after": [round(load, 2), round(os.getloadavg()[0], 2)],
+                "other_processes_cpu_pct": others, "waited_for_quiet_s": waited}
+        if best is None or (others or 0.0) < (best[1]["other_processes_cpu_pct"] or 0.0):
+            best = (result, info)
+        if others is None or others < QUIET_PCT:
+            break
+        if attempts <= retries:
+            print(f"[bench]   other processes took {others}% of the CPU during the level; "
+                  "running it again", flush=True)
+    assert best is not None
+    best[1]["attempts"] = attempts
+    return best
 
 
 def parse_levels(levels: str, counts: str) -> list[Level]:
@@ -294,6 +343,8 @@ def main() -> None:
     ap.add_argument("--wait-quiet", type=float, default=600.0,
                     help="seconds to wait before each level for other processes to leave the "
                          "CPU (0: do not wait)")
+    ap.add_argument("--retries", type=int, default=2,
+                    help="times to rerun a level that other processes disturbed")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "engine.json"))
     args = ap.parse_args()
     try:
@@ -346,14 +397,19 @@ def main() -> None:
             "level: see 'requests' in each row",
             "llama-cpp-python's server streams no usage chunk: its completion tokens are the "
             "content chunks (one token each)",
+            "a failure 'RemoteProtocolError: Server disconnected without sending a response' "
+            "is a request sent on a kept-alive connection that the server had closed; the "
+            "load generator does not retry, so it counts as failed and its tokens are not in "
+            "output tok/s",
             "shorter_than_same_prompt_at_c1: greedy answers under load shorter than the same "
             "prompt alone on the same server; a cut-short request looks like this, but so "
             "does an answer whose batched numerics took another greedy path to an earlier EOS",
             "other_processes_cpu_pct: the share of the machine's CPU (all cores) used during "
             "that level by processes other than this benchmark and its server (from /proc); "
-            "waited_for_quiet_s: how long the level waited for it to drop under 15% first "
-            f"(at most {args.wait_quiet:g} s); loadavg_1min_before_after counts our own "
-            "server and client too",
+            f"waited_for_quiet_s: how long the level waited for it to drop under {QUIET_PCT:g}% "
+            f"first (at most {args.wait_quiet:g} s); a level disturbed anyway was run again "
+            f"(up to {args.retries} times) and the least disturbed attempt kept ('attempts'); "
+            "loadavg_1min_before_after counts our own server and client too",
         ],
         "results": {},
     }
@@ -376,7 +432,8 @@ def main() -> None:
                  "command": show_command(cmd)})
             print(f"[bench] starting {label}: {' '.join(cmd)}", flush=True)
             with ExitStack() as stack:
-                stack.enter_context(server(name, cmd, ready, logs / f"bench-engine-{name}.log"))
+                log = logs / f"bench-engine-{name}-{launch.slots or 1}.log"
+                stack.enter_context(server(name, cmd, ready, log))
                 base_url = f"http://127.0.0.1:{port}/v1"
                 run(BenchConfig(base_url=base_url, model=MODEL, max_tokens=8, concurrency=1),
                     [Prompt(text="Hello")], progress=False)
@@ -388,26 +445,21 @@ def main() -> None:
                     config = BenchConfig(base_url=base_url, model=MODEL,
                                          max_tokens=args.max_tokens,
                                          concurrency=level.concurrency, goodput=goodput)
-                    waited = wait_for_quiet(args.wait_quiet) if args.wait_quiet > 0 else 0.0
-                    before = os.getloadavg()[0]
-                    ticks, t0 = cpu_ticks(), time.monotonic()
-                    result = run(config, prompts, progress=False)
-                    others = others_cpu_pct(ticks, cpu_ticks(), time.monotonic() - t0)
+                    result, disturbance = measure(config, prompts, args.wait_quiet,
+                                                  args.retries)
                     if level.concurrency == 1:
                         solo = {r.index % len(PROMPTS): r.completion_tokens
                                 for r in result.requests if r.ok}
                     row = summarize(result, solo if level.concurrency != 1 else None)
                     row["slots"] = launch.slots
-                    row["loadavg_1min_before_after"] = [round(before, 2),
-                                                        round(os.getloadavg()[0], 2)]
-                    row["other_processes_cpu_pct"] = others
-                    row["waited_for_quiet_s"] = waited
+                    row.update(disturbance)
                     results["results"].setdefault(f"c{level.concurrency}", {})[name] = row
                     tok = row["completion_tokens"]
                     print(f"[bench]   {row['output_tok_s']} tok/s, TTFT p50 "
                           f"{row['ttft_ms']['p50']} ms, TPOT p50 {row['tpot_ms']['p50']} ms, "
                           f"failed {row['failed']}, tokens {tok['min']}-{tok['max']}, "
-                          f"cut {tok['cut_short']}, others' CPU {others}%", flush=True)
+                          f"cut {tok['cut_short']}, others' CPU "
+                          f"{disturbance['other_processes_cpu_pct']}%", flush=True)
                     results.update(goal_ratios(results["results"]))
                     write_json(args.out, results)
     results["all_requests_complete_and_uncut"] = {
