@@ -67,6 +67,8 @@ class _Seq:
     pending: int | None = None  # the last sampled token, fed at the next step
     cancelled: bool = False
     error: BaseException | None = None
+    plain_greedy: bool = False  # argmax, no grammar or penalties: the chain would only copy
+
 
     @property
     def prefilling(self) -> bool:
@@ -190,6 +192,9 @@ class Engine:
                 f"holds {self.slot_ctx} tokens (prompt + at least 1 generated token must fit)")
         out = _Sample()
         seq = _Seq(prompt, params, seed, grammar, out, _Taker(self.model, params, out))
+        seq.plain_greedy = params.greedy and grammar is None and (
+            params.repetition_penalty, params.frequency_penalty, params.presence_penalty
+        ) == (1.0, 0.0, 0.0)
         with self._cond:
             if self._closed:
                 raise ConfigError(f"the engine of {self.model.name} is closed")
@@ -387,7 +392,10 @@ class Engine:
         for k, row in enumerate(indices):
             logits = np.ctypeslib.as_array(ll.llama_get_logits_ith(self._ctx, row),
                                            shape=(model._n_vocab,))
-            token = model._pick(seq.chain, logits)
+            # Plain greedy: what llama.cpp's greedy sampler picks (the first highest logit),
+            # without copying the vocabulary into a candidate array for it.
+            token = (int(np.argmax(logits)) if seq.plain_greedy
+                     else model._pick(seq.chain, logits))
             lp = model._logprob(token, logits, params.top_logprobs) if params.logprobs else None
             piece = seq.taker.take(token, lp)
             ended = piece is None
