@@ -173,13 +173,13 @@ def test_a_shared_prefix_is_reused_exactly() -> None:
         cold = model.complete(req("Name a river."))
         assert cold.usage.cached_tokens == 0
         warm = model.complete(req("Name a mountain."))
-        # Reused in whole 64-token chunks, up to where the two prompts part.
-        assert warm.usage.cached_tokens >= n_system - 64
+        # Reused up to where the two prompts part (past the system prompt).
+        assert warm.usage.cached_tokens >= n_system
         assert model.engine.stats().prefix_hits == 1
         # The first question again, now on a warm prefix: the answer the cold run gave (the
         # reused KV holds exactly the numbers a cold prefill computes).
         again = model.complete(req("Name a river."))
-        assert again.usage.cached_tokens >= n_system - 64 and again.text == cold.text
+        assert again.usage.cached_tokens >= n_system and again.text == cold.text
     finally:
         model.close()
 

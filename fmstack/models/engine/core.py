@@ -158,7 +158,7 @@ class Engine:
         self.n_slots, self.chunk, self.n_batch = n_slots, chunk, n_batch
         # Each slot holds n_ctx / n_slots positions (llama.cpp rounds n_ctx up).
         self.slot_ctx = int(ll.llama_n_ctx_seq(self._ctx))
-        self.pool = SlotPool(n_slots, chunk)
+        self.pool = SlotPool(n_slots)
         self._batch = ll.llama_batch_init(n_batch, 0, 1)
         self._waiting: collections.deque[_Seq] = collections.deque()
         self._running: list[_Seq] = []

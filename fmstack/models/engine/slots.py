@@ -7,11 +7,13 @@ the free slot whose cache shares the longest prefix with it (only the rest is co
 cache of a busy slot is copied in (``llama_memory_seq_cp``) when that shares more; with no
 match, the least recently used free slot is taken, so hot prefixes survive longest (LRU).
 
-Reuse is counted in whole prefill chunks. llama.cpp's CPU kernels give a token other logits
-when its prompt is cut into other pieces, so the engine always prefills at fixed chunk
-boundaries (multiples of ``chunk`` positions), and a cached prefix is reused only up to such a
-boundary: a prompt then computes exactly the same numbers whether its prefix came from the
-cache or not, and greedy outputs do not depend on what ran before.
+Reuse is token-granular: the common prefix, less the prompt's last token (whose logits
+start the generation). It was first cut to whole prefill chunks, in case llama.cpp's kernels
+gave a token other logits when its prompt is split elsewhere; with one KV stream per slot and
+flash attention, the tests find the warm answers equal to the cold ones at any split (greedy
+text compared, from the slot's own cache and from a copied one), and chunk-aligned reuse lost
+every prompt shorter than a chunk: the time to first token at 16 concurrent chat requests
+went from 1.96 s (p50) to 0.18 s when short repeated prompts were reused.
 """
 
 from __future__ import annotations
@@ -48,9 +50,8 @@ def _common(a: list[int], b: list[int]) -> int:
 
 
 class SlotPool:
-    def __init__(self, n_slots: int, chunk: int) -> None:
+    def __init__(self, n_slots: int) -> None:
         self.slots = [Slot(seq_id=i) for i in range(n_slots)]
-        self.chunk = chunk
         self.hits = 0  # prompts that reused a cached prefix
         self.saved_tokens = 0  # prompt tokens not recomputed thanks to it
         self.copies = 0  # prefixes copied from another slot
@@ -64,11 +65,9 @@ class SlotPool:
         return len(self.slots) - self.free
 
     def reusable(self, cached: list[int], prompt: list[int]) -> int:
-        """Tokens of ``prompt`` a cache holding ``cached`` saves: the common prefix, cut to a
-        chunk boundary, leaving at least the last prompt token to compute (its logits start
-        the generation)."""
-        n = min(_common(cached, prompt), len(prompt) - 1)
-        return n // self.chunk * self.chunk
+        """Tokens of ``prompt`` a cache holding ``cached`` saves: the common prefix, leaving at
+        least the last prompt token to compute (its logits start the generation)."""
+        return min(_common(cached, prompt), len(prompt) - 1)
 
     def place(self, prompt: list[int]) -> Placement | None:
         """Take a free slot for ``prompt`` (None when every slot is busy)."""
