@@ -26,8 +26,10 @@ def ask(text: str, **params: object) -> Request:
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[EngineModel]:
+    # exact_prefix: a prompt that reuses a cached prefix gives the cold answer, so every
+    # comparison with the one-sequence backend holds whatever ran before.
     model = load_model(f"engine:{smollm2_gguf()}", parallel=16, n_ctx=16 * 512, n_threads=2,
-                       trace=False)
+                       trace=False, exact_prefix=True)
     assert isinstance(model, EngineModel)
     yield model
     model.close()
@@ -160,7 +162,7 @@ def test_grammars_per_sequence_in_one_batch(engine: EngineModel) -> None:
 @pytest.mark.slow
 def test_a_shared_prefix_is_reused_exactly() -> None:
     model = load_model(f"engine:{smollm2_gguf()}", parallel=2, n_ctx=2 * 2048, n_threads=2,
-                       trace=False)
+                       trace=False, exact_prefix=True)
     try:
         system = Message(role="system", content="You are a careful assistant. " * 250)
         n_system = len(model.tokenize(model.render_chat([system]), special=True))
@@ -173,13 +175,13 @@ def test_a_shared_prefix_is_reused_exactly() -> None:
         cold = model.complete(req("Name a river."))
         assert cold.usage.cached_tokens == 0
         warm = model.complete(req("Name a mountain."))
-        # Reused up to where the two prompts part (past the system prompt).
-        assert warm.usage.cached_tokens >= n_system
+        # Reused in whole 64-token chunks, up to where the two prompts part.
+        assert warm.usage.cached_tokens >= n_system - 64
         assert model.engine.stats().prefix_hits == 1
         # The first question again, now on a warm prefix: the answer the cold run gave (the
         # reused KV holds exactly the numbers a cold prefill computes).
         again = model.complete(req("Name a river."))
-        assert again.usage.cached_tokens >= n_system and again.text == cold.text
+        assert again.usage.cached_tokens >= n_system - 64 and again.text == cold.text
     finally:
         model.close()
 
@@ -190,9 +192,9 @@ def test_speculative_decoding_leaves_outputs_unchanged() -> None:
     text = ("The old lighthouse stood at the edge of the cliff, its white paint peeling in the "
             "salt wind. Every night the keeper climbed the spiral stairs and lit the lamp.")
     plain = load_model(f"engine:{smollm2_gguf()}", parallel=4, n_ctx=4 * 512, n_threads=2,
-                       trace=False)
+                       trace=False, exact_prefix=True)
     spec = load_model(f"engine:{smollm2_gguf()}", parallel=4, n_ctx=4 * 512, n_threads=2,
-                      trace=False, speculative=4)
+                      trace=False, speculative=4, exact_prefix=True)
     try:
         schema = {"type": "object", "properties": {"text": {"type": "string"}},
                   "required": ["text"]}
@@ -224,7 +226,7 @@ def test_a_draft_model_proposes_and_outputs_stay_unchanged(reference: object) ->
     the mechanics, not a speed-up. Nearly every greedy draft is accepted, and the answers
     equal the one-sequence backend's."""
     model = load_model(f"engine:{smollm2_gguf()}", parallel=4, n_ctx=4 * 512, n_threads=2,
-                       trace=False, draft="smollm2", speculative=3)
+                       trace=False, draft="smollm2", speculative=3, exact_prefix=True)
     try:
         requests = [ask(f"Write a short story about a {w}.", temperature=0, max_tokens=24)
                     for w in WORDS[:4]]

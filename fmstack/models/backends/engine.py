@@ -40,11 +40,13 @@ class EngineModel(LlamaCppModel):
                  parallel: int = 8, n_ctx: int | None = None, chunk: int = 64,
                  n_threads: int | None = None, n_batch: int = 512, n_gpu_layers: int = 0,
                  flash_attn: bool = True, seed: int | None = None, speculative: int = 0,
-                 draft: str | None = None) -> None:
+                 draft: str | None = None, exact_prefix: bool = False) -> None:
         """``parallel`` slots (sequences decoded at once), ``n_ctx`` tokens of KV cache in all
         (default 2048 per slot), prompts prefilled in ``chunk``-token pieces; ``speculative``
         draft tokens per step (0: off), by prompt lookup or, with ``draft`` (a GGUF model alias
-        or path with the same vocabulary), by that model (``speculative`` then defaults to 4)."""
+        or path with the same vocabulary), by that model (``speculative`` then defaults to 4).
+        ``exact_prefix``: reuse cached prefixes only where that keeps answers bit-identical to
+        a cold run (whole chunks), instead of every matching token."""
         if parallel < 1:
             raise ConfigError(f"parallel must be >= 1, got {parallel}")
         total = n_ctx or 2048 * parallel
@@ -63,7 +65,8 @@ class EngineModel(LlamaCppModel):
                 speculative = speculative or 4
             self.engine: Engine = Engine(self, n_slots=parallel, n_ctx=total, chunk=chunk,
                                          n_batch=max(n_batch, parallel + chunk),
-                                         speculative=speculative, draft=self._draft)
+                                         speculative=speculative, draft=self._draft,
+                                         exact_prefix=exact_prefix)
         except BaseException:
             if self._draft is not None:
                 self._draft.close()

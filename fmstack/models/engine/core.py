@@ -127,11 +127,12 @@ class Engine:
 
     def __init__(self, model: LlamaCppModel, *, n_slots: int = 16, n_ctx: int | None = None,
                  chunk: int = 64, n_batch: int | None = None, threads: int | None = None,
-                 speculative: int = 0, ngram: int = 3, draft: LlamaCppModel | None = None
-                 ) -> None:
+                 speculative: int = 0, ngram: int = 3, draft: LlamaCppModel | None = None,
+                 exact_prefix: bool = False) -> None:
         """``speculative``: up to that many draft tokens per sequence and step (0: off),
         proposed by ``draft`` (a model with the same vocabulary) or, without one, by prompt
-        lookup, matching the last ``ngram`` (down to 1) tokens."""
+        lookup, matching the last ``ngram`` (down to 1) tokens. ``exact_prefix``: reuse cached
+        prefixes in whole chunks only, so warm answers equal cold ones (``slots.py``)."""
         if n_slots < 1:
             raise ConfigError(f"n_slots must be >= 1, got {n_slots}")
         if chunk < 1:
@@ -158,7 +159,7 @@ class Engine:
         self.n_slots, self.chunk, self.n_batch = n_slots, chunk, n_batch
         # Each slot holds n_ctx / n_slots positions (llama.cpp rounds n_ctx up).
         self.slot_ctx = int(ll.llama_n_ctx_seq(self._ctx))
-        self.pool = SlotPool(n_slots)
+        self.pool = SlotPool(n_slots, granularity=chunk if exact_prefix else 1)
         self._batch = ll.llama_batch_init(n_batch, 0, 1)
         self._waiting: collections.deque[_Seq] = collections.deque()
         self._running: list[_Seq] = []

@@ -7,13 +7,15 @@ the free slot whose cache shares the longest prefix with it (only the rest is co
 cache of a busy slot is copied in (``llama_memory_seq_cp``) when that shares more; with no
 match, the least recently used free slot is taken, so hot prefixes survive longest (LRU).
 
-Reuse is token-granular: the common prefix, less the prompt's last token (whose logits
-start the generation). It was first cut to whole prefill chunks, in case llama.cpp's kernels
-gave a token other logits when its prompt is split elsewhere; with one KV stream per slot and
-flash attention, the tests find the warm answers equal to the cold ones at any split (greedy
-text compared, from the slot's own cache and from a copied one), and chunk-aligned reuse lost
-every prompt shorter than a chunk: the time to first token at 16 concurrent chat requests
-went from 1.96 s (p50) to 0.18 s when short repeated prompts were reused.
+Granularity. By default every cached token but the prompt's last (whose logits start the
+generation) is reused, as llama.cpp's server does. That is not bit-exact: llama.cpp's CPU
+kernels can give a token other numbers when its prompt is cut at another place, and in
+``bench/engine_features.py`` one of 5 warm greedy answers after a 1,500-token shared prompt
+differed from the cold answer. ``granularity=chunk`` (the engine's ``exact_prefix``) reuses
+whole prefill chunks only, whose boundaries the engine always cuts at, so a warm prompt
+computes exactly the numbers a cold one does; it loses every prompt shorter than a chunk
+(time to first token at 16 concurrent short chat requests: 1.96 s p50 chunk-aligned against
+0.18 s token-granular, measured in-process).
 """
 
 from __future__ import annotations
@@ -50,8 +52,9 @@ def _common(a: list[int], b: list[int]) -> int:
 
 
 class SlotPool:
-    def __init__(self, n_slots: int) -> None:
+    def __init__(self, n_slots: int, granularity: int = 1) -> None:
         self.slots = [Slot(seq_id=i) for i in range(n_slots)]
+        self.granularity = granularity
         self.hits = 0  # prompts that reused a cached prefix
         self.saved_tokens = 0  # prompt tokens not recomputed thanks to it
         self.copies = 0  # prefixes copied from another slot
@@ -66,8 +69,9 @@ class SlotPool:
 
     def reusable(self, cached: list[int], prompt: list[int]) -> int:
         """Tokens of ``prompt`` a cache holding ``cached`` saves: the common prefix, leaving at
-        least the last prompt token to compute (its logits start the generation)."""
-        return min(_common(cached, prompt), len(prompt) - 1)
+        least the last prompt token to compute, cut to a multiple of ``granularity``."""
+        n = min(_common(cached, prompt), len(prompt) - 1)
+        return n // self.granularity * self.granularity
 
     def place(self, prompt: list[int]) -> Placement | None:
         """Take a free slot for ``prompt`` (None when every slot is busy)."""
