@@ -10,12 +10,12 @@ match, the least recently used free slot is taken, so hot prefixes survive longe
 Granularity. By default every cached token but the prompt's last (whose logits start the
 generation) is reused, as llama.cpp's server does. That is not bit-exact: llama.cpp's CPU
 kernels can give a token other numbers when its prompt is cut at another place, and in
-``bench/engine_features.py`` one of 5 warm greedy answers after a 1,500-token shared prompt
-differed from the cold answer. ``granularity=chunk`` (the engine's ``exact_prefix``) reuses
-whole prefill chunks only, whose boundaries the engine always cuts at, so a warm prompt
-computes exactly the numbers a cold one does; it loses every prompt shorter than a chunk
-(time to first token at 16 concurrent short chat requests: 1.96 s p50 chunk-aligned against
-0.18 s token-granular, measured in-process).
+``bench/engine_features.py`` the warm greedy answers after a 1,500-token shared prompt were
+not all equal to the cold ones (5 pairs compared). ``granularity=chunk`` (the engine's
+``exact_prefix``) reuses whole prefill chunks only, where the engine always cuts prompts, so
+a warm prompt computes exactly the numbers a cold one does; it loses every prompt shorter
+than a chunk (time to first token at 16 concurrent short chat requests, in-process: 1.96 s
+p50 chunk-aligned, 0.18 s token-granular).
 """
 
 from __future__ import annotations
