@@ -60,7 +60,7 @@ def serve(
         "--draft", help="Engine: a smaller GGUF model with the same vocabulary that proposes "
         "the speculative tokens (default: prompt lookup).")] = None,
     ctx_size: Annotated[int | None, typer.Option(
-        "--ctx-size", "-c", help="Engine KV cache in tokens, split over the slots (default "
+        "--ctx-size", help="Engine KV cache in tokens, split over the slots (default "
         "2048 per slot).")] = None,
 ) -> None:
     """Serve models over an OpenAI-compatible API, with a playground and traces at /."""
