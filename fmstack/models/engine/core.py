@@ -18,9 +18,10 @@ spin per calling thread, so one caller is fastest). A step:
 tokens, all with logits: found by prompt lookup (the continuation of the latest earlier
 occurrence of its last n-gram) or proposed by a draft model (``draft.py``). The rows are then
 sampled in order exactly as one-token steps would be, and drafts are kept while they equal
-what was sampled; the rest of the KV is dropped. With batch-invariant logits (below) that
-leaves every output unchanged, greedy or sampled; a step just yields up to ``k + 1`` tokens
-when the drafts are right.
+what was sampled; the rest of the KV is dropped. The sampling is what plain decoding does,
+so a step just yields up to ``k + 1`` tokens when the drafts are right; but tokens verified
+together can get slightly other logits than one at a time (llama.cpp's CPU kernels are not
+invariant to that), so a long greedy answer can occasionally differ (``docs/engine.md``).
 
 Measured on SmolLM2 (``/root/scratch/eng_exp.py`` in the session that wrote this; the test
 suite checks it): with one KV stream per sequence and flash attention, a sequence's greedy
