@@ -82,9 +82,10 @@ def register(name: str) -> Callable[[type[Any]], type[Any]]:
     return wrap
 
 
-def scanner_classes() -> dict[str, type[Any]]:
-    """Every installed scanner by name: entry points first, then ``register``-ed classes."""
-    found: dict[str, type[Any]] = {}
+def scanner_classes() -> dict[str, Any]:
+    """Every installed scanner by name (an entry point, loaded on use, or a ``register``-ed
+    class); registered classes win over entry points of the same name."""
+    found: dict[str, Any] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         found[ep.name] = ep  # loaded lazily in make_scanner: some scanners import heavy modules
     found.update(_REGISTRY)
@@ -105,7 +106,7 @@ def make_scanner(name: str, **options: Any) -> Scanner:
         scanner = cls(**options)
     except TypeError as e:
         raise ConfigError(f"scanner {name!r}: bad options {sorted(options)}: {e}") from e
-    return scanner  # type: ignore[no-any-return]
+    return scanner
 
 
 @dataclass
