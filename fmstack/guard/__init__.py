@@ -21,16 +21,22 @@ from fmstack.guard.core import (
     register,
     scanner_classes,
 )
+from fmstack.guard.guard import Guard, GuardedModel, Screened, guarded, load_policy
 
 __all__ = [
     "ACTIONS",
     "Action",
     "Finding",
+    "Guard",
     "GuardBlocked",
+    "GuardedModel",
     "Policy",
     "Rule",
     "Scanner",
+    "Screened",
     "Verdict",
+    "guarded",
+    "load_policy",
     "make_scanner",
     "register",
     "scanner_classes",

@@ -133,6 +133,8 @@ class GuardBlocked(FmstackError):
         blocked = verdict.blocked
         assert blocked is not None
         self.reason = reason_code(blocked)
+        # What the guard did on the whole call (set by the Guard that raised this).
+        self.record: dict[str, Any] | None = None
         why = blocked.detail or blocked.kind
         super().__init__(f"{where} blocked by guard ({self.reason}): {why}")
 

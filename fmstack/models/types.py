@@ -248,6 +248,8 @@ class Completion(BaseModel):
     # The exact text the backend tokenized (chat template applied), when the backend knows it.
     rendered_prompt: str | None = None
     trace_id: int | None = None
+    # What a guard (fmstack.guard) found and did on this call, when one was applied.
+    guard: dict[str, Any] | None = None
 
     @property
     def text(self) -> str:

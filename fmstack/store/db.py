@@ -112,6 +112,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE UNIQUE INDEX api_keys_active_name ON api_keys(name) WHERE revoked_at IS NULL;
     """,
+    # v6: what a guard (fmstack.guard) did on the call: findings and actions, input and output.
+    """
+    ALTER TABLE traces ADD COLUMN guard TEXT;
+    """,
 ]
 
 

@@ -61,6 +61,7 @@ class TraceStore:
         error: BaseException | None,
         seconds: float,
         kind: str = "generate",
+        guard: dict[str, Any] | None = None,
     ) -> int:
         """Write one trace; returns its id."""
         row: dict[str, Any] = {
@@ -76,6 +77,7 @@ class TraceStore:
             "tags": _dumps(request.tags),
             "error": redact(f"{type(error).__name__}: {error}") if error is not None else None,
             "total_s": seconds,
+            "guard": _dumps(guard) if guard is not None else None,
         }
         if completion is not None:
             row.update(
@@ -100,6 +102,13 @@ class TraceStore:
                 f"INSERT INTO traces ({cols}) VALUES ({marks})", tuple(row.values())
             )
         return int(cur.lastrowid or 0)
+
+    def set_guard(self, trace_id: int, guard: dict[str, Any]) -> None:
+        """Record what a guard did on a call traced earlier (its output check comes after the
+        model's own trace is written)."""
+        with self._lock:
+            self._conn.execute("UPDATE traces SET guard = ? WHERE id = ?",
+                               (_dumps(guard), trace_id))
 
     def list(
         self,
@@ -168,7 +177,7 @@ def _params(request: Request) -> dict[str, Any]:
 
 def _decode(row: sqlite3.Row) -> dict[str, Any]:
     out = dict(row)
-    for key in ("messages", "params", "choices", "tags"):
+    for key in ("messages", "params", "choices", "tags", "guard"):
         if out.get(key) is not None:
             out[key] = json.loads(out[key])
     return out

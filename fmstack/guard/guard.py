@@ -1,0 +1,321 @@
+"""A Guard applies an input policy to what goes into a model and an output policy to what comes
+out, and records what it did. It is configured by a policy file:
+
+.. code-block:: yaml
+
+    input:                      # user and tool messages (system messages are trusted)
+      - {scanner: unicode, action: block}
+      - {scanner: injection, action: block, threshold: 0.5}
+      - {scanner: pii, action: redact}
+    output:
+      - {scanner: canary, action: block}     # plants a canary in the system prompt
+      - {scanner: secrets, action: redact}
+    vault: true       # redactions are reversible: the model sees <EMAIL_1>, the user the address
+    reask: 1          # an output a rule blocks is sent back once with the reason, then blocked
+    max_chars: 1000000
+
+``load_policy("default")`` loads a built-in policy (``fmstack/guard/policies/*.yaml``);
+``load_policy("my.yaml")`` a file. ``guarded(model, guard)`` returns a model whose ``generate``
+and ``stream`` go through the guard; ``fmstack serve`` and RAG use the same Guard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fmstack.errors import ConfigError
+from fmstack.guard.core import DEFAULT_MAX_CHARS, GuardBlocked, Policy, Verdict, rules_from_config
+from fmstack.guard.output import CanaryScanner
+from fmstack.models.base import Model
+from fmstack.models.types import Completion, Delta, Message, Request
+
+POLICY_DIR = Path(__file__).parent / "policies"
+# Roles whose text comes from outside the application and is scanned on the way in. System
+# messages are the application's own; earlier assistant turns were scanned as outputs.
+SCANNED_ROLES = ("user", "tool")
+# Characters a guarded stream holds back, so that a match still being written (a key, an
+# e-mail address) is redacted or blocked before any of it leaves.
+STREAM_HOLDBACK = 96
+_POLICY_KEYS = {"input", "output", "vault", "reask", "max_chars", "description"}
+
+
+@dataclass
+class Screened:
+    """A request after the input policy: what to send the model, and what was done."""
+
+    request: Request
+    verdicts: list[dict[str, Any]] = field(default_factory=list)
+    vault: Any = None  # fmstack.guard.vault.Vault when the policy keeps redactions reversible
+
+
+@dataclass
+class Guard:
+    input: Policy = field(default_factory=Policy)
+    output: Policy = field(default_factory=Policy)
+    vault: bool = False
+    reask: int = 0
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        if self.reask < 0:
+            raise ConfigError(f"reask must be 0 or more, got {self.reask}")
+
+    @property
+    def canary(self) -> CanaryScanner | None:
+        for rule in self.output.rules:
+            if isinstance(rule.scanner, CanaryScanner):
+                return rule.scanner
+        return None
+
+    # ----- input --------------------------------------------------------------------------
+
+    def screen(self, request: Request) -> Screened:
+        """Apply the input policy to the request's untrusted text; plant the canary. Raises
+        GuardBlocked (with ``.record``) when a rule blocks."""
+        vault = _new_vault() if self.vault else None
+        policy = dataclasses.replace(self.input, redactor=vault) if vault else self.input
+        verdicts: list[dict[str, Any]] = []
+
+        def check(text: str, where: str) -> str:
+            verdict = policy.check(text)
+            if verdict.findings:
+                verdicts.append({"where": where, **verdict.to_json()})
+            if not verdict.ok:
+                blocked = GuardBlocked(verdict, where="input")
+                blocked.record = self.record(verdicts)
+                raise blocked
+            return verdict.text
+
+        if request.prompt is not None:
+            new = request.model_copy(update={"prompt": check(request.prompt, "prompt")})
+        else:
+            messages = [
+                m.model_copy(update={"content": check(m.content, f"messages[{i}]")})
+                if m.role in SCANNED_ROLES else m
+                for i, m in enumerate(request.messages or [])
+            ]
+            new = request.model_copy(update={"messages": self._plant(messages)})
+        return Screened(new, verdicts, vault)
+
+    def _plant(self, messages: list[Message]) -> list[Message]:
+        canary = self.canary
+        if canary is None:
+            return messages
+        line = canary.instruction()
+        if messages and messages[0].role == "system":
+            first = messages[0]
+            return [first.model_copy(update={"content": f"{first.content}\n\n{line}"}),
+                    *messages[1:]]
+        return [Message(role="system", content=line), *messages]
+
+    # ----- output -------------------------------------------------------------------------
+
+    def check_output(self, text: str) -> Verdict:
+        """Apply the output policy to one answer (GuardBlocked is the caller's to raise)."""
+        return self.output.check(text)
+
+    def record(self, input_verdicts: list[dict[str, Any]],
+               output_verdicts: Sequence[dict[str, Any]] = (), reasks: int = 0,
+               blocked: GuardBlocked | None = None) -> dict[str, Any]:
+        """What the guard did on one call, as stored in the trace and returned to callers."""
+        return {
+            "policy": self.name,
+            "input": input_verdicts,
+            "output": list(output_verdicts),
+            "reasks": reasks,
+            "blocked": {"where": blocked.where, "reason": blocked.reason, "detail": str(blocked)}
+            if blocked else None,
+        }
+
+
+def load_policy(name_or_path: str | Path) -> Guard:
+    """A Guard from a built-in policy name (``default``, ``strict``, ``audit``) or a YAML file."""
+    path = Path(name_or_path)
+    builtin = POLICY_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        if not builtin.is_file():
+            names = ", ".join(sorted(p.stem for p in POLICY_DIR.glob("*.yaml")))
+            raise ConfigError(f"no guard policy {str(name_or_path)!r}: not a file, and not a "
+                              f"built-in policy ({names})")
+        path = builtin
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read guard policy {path}: {e}") from e
+    return guard_from_config(data, name=path.stem, where=str(path))
+
+
+def guard_from_config(data: Any, *, name: str = "custom", where: str = "policy") -> Guard:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: a guard policy is a mapping with input/output rule lists")
+    unknown = set(data) - _POLICY_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} "
+                          f"(expected {', '.join(sorted(_POLICY_KEYS))})")
+    max_chars = data.get("max_chars", DEFAULT_MAX_CHARS)
+    if not isinstance(max_chars, int) or max_chars <= 0:
+        raise ConfigError(f"{where}: max_chars must be a positive integer, got {max_chars!r}")
+    reask = data.get("reask", 0)
+    if not isinstance(reask, int) or reask < 0:
+        raise ConfigError(f"{where}: reask must be a non-negative integer, got {reask!r}")
+    policies = {}
+    for side in ("input", "output"):
+        entries = data.get(side) or []
+        if not isinstance(entries, list):
+            raise ConfigError(f"{where}: {side} must be a list of rules")
+        policies[side] = Policy(rules_from_config(entries, f"{where}: {side}"),
+                                max_chars=max_chars)
+    return Guard(policies["input"], policies["output"], vault=bool(data.get("vault", False)),
+                 reask=reask, name=name)
+
+
+def _new_vault() -> Any:
+    from fmstack.guard.vault import Vault
+
+    return Vault()
+
+
+class GuardedModel:
+    """A model whose calls go through a Guard. It has the Model's public methods; ``generate``
+    and ``stream`` raise GuardBlocked when the guard blocks (the call is traced with the
+    reason), and every Completion carries ``guard``: what was found and done."""
+
+    def __init__(self, model: Model, guard: Guard) -> None:
+        self.model = model
+        self.guard = guard
+        self.name = model.name
+        self.capabilities = model.capabilities
+
+    def generate(self, requests: Sequence[Request]) -> list[Completion]:
+        screened = [self._screen(r) for r in requests]
+        completions = self.model.generate([s.request for s in screened])
+        return [self._answer(s, c) for s, c in zip(screened, completions, strict=True)]
+
+    def complete(self, request: Request) -> Completion:
+        return self.generate([request])[0]
+
+    def stream(self, request: Request) -> Iterator[Delta]:
+        """Stream through the output policy: text is released ``STREAM_HOLDBACK`` characters
+        behind the model so a redaction or block lands before the text leaves. A redaction that
+        would reach text already sent blocks the stream instead (it fails closed)."""
+        s = self._screen(request)
+        sent = ""
+        raw = ""
+        for delta in self.model.stream(s.request):
+            raw += delta.text
+            if delta.completion is None:
+                shown = self._shown(s, raw)
+                release = shown[: max(len(sent), len(shown) - STREAM_HOLDBACK)]
+                if not release.startswith(sent):
+                    self._block_output(s, Verdict(raw, blocked=_late_redaction(raw)),
+                                       None, [], 0)
+                if len(release) > len(sent):
+                    yield Delta(text=release[len(sent):])
+                    sent = release
+                continue
+            completion = self._answer(s, delta.completion)
+            final = completion.text
+            if not final.startswith(sent):
+                self._block_output(s, Verdict(raw, blocked=_late_redaction(raw)),
+                                   completion.trace_id, [], 0)
+            yield delta.model_copy(update={"text": final[len(sent):], "completion": completion})
+
+    def _shown(self, s: Screened, raw: str) -> str:
+        verdict = self.guard.check_output(raw)
+        if not verdict.ok:
+            self._block_output(s, verdict, None, [], 0)
+        return s.vault.restore(verdict.text) if s.vault is not None else verdict.text
+
+    def _screen(self, request: Request) -> Screened:
+        started = time.perf_counter()
+        try:
+            return self.guard.screen(request)
+        except GuardBlocked as e:
+            record = self.guard.record(e.record["input"] if e.record else [], blocked=e)
+            e.record = record
+            if self.model.tracer is not None:
+                self.model.tracer.log_call(
+                    model=self.model.name, backend=self.model.backend, request=request,
+                    completion=None, error=e, seconds=time.perf_counter() - started,
+                    guard=record)
+            raise
+
+    def _answer(self, s: Screened, completion: Completion) -> Completion:
+        """Check every choice; re-ask a blocked chat answer up to ``guard.reask`` times."""
+        outputs: list[dict[str, Any]] = []
+        reasks = 0
+        for i, choice in enumerate(completion.choices):
+            verdict = self.guard.check_output(choice.text)
+            while not verdict.ok and reasks < self.guard.reask and s.request.is_chat:
+                reasks += 1
+                outputs.append({"where": f"choices[{i}]", "reask": reasks, **verdict.to_json()})
+                retry = self.model.complete(_reask_request(s.request, choice.text, verdict))
+                self._set_trace(retry, s, outputs, reasks)
+                choice = retry.choices[0].model_copy(update={"index": i})
+                verdict = self.guard.check_output(choice.text)
+            if verdict.findings:
+                outputs.append({"where": f"choices[{i}]", **verdict.to_json()})
+            if not verdict.ok:
+                self._block_output(s, verdict, completion.trace_id, outputs, reasks)
+            text = s.vault.restore(verdict.text) if s.vault is not None else verdict.text
+            completion.choices[i] = choice.model_copy(update={"text": text})
+        completion.guard = self.guard.record(s.verdicts, outputs, reasks)
+        self._set_trace(completion, s, outputs, reasks)
+        return completion
+
+    def _block_output(self, s: Screened, verdict: Verdict, trace_id: int | None,
+                      outputs: list[dict[str, Any]], reasks: int) -> None:
+        blocked = GuardBlocked(verdict, where="output")
+        if not outputs or outputs[-1].get("blocked") is None:
+            outputs = [*outputs, {"where": "output", **verdict.to_json()}]
+        blocked.record = self.guard.record(s.verdicts, outputs, reasks, blocked=blocked)
+        if trace_id is not None and self.model.tracer is not None:
+            self.model.tracer.set_guard(trace_id, blocked.record)
+        raise blocked
+
+    def _set_trace(self, completion: Completion, s: Screened, outputs: list[dict[str, Any]],
+                   reasks: int) -> None:
+        if completion.trace_id is not None and self.model.tracer is not None:
+            self.model.tracer.set_guard(completion.trace_id,
+                                        self.guard.record(s.verdicts, outputs, reasks))
+
+    # The rest of the Model surface, unguarded: these produce no text for a user.
+    def score(self, texts: Sequence[str], *, contexts: Sequence[str] | None = None) -> Any:
+        return self.model.score(texts, contexts=contexts)
+
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        return self.model.tokenize(text, special=special)
+
+    def render_chat(self, messages: Sequence[Message]) -> str:
+        return self.model.render_chat(messages)
+
+    def close(self) -> None:
+        self.model.close()
+
+
+def guarded(model: Model, guard: Guard | str | Path) -> GuardedModel:
+    """``model`` with ``guard`` (a Guard, or a policy name or file) on every call."""
+    return GuardedModel(model, guard if isinstance(guard, Guard) else load_policy(guard))
+
+
+def _late_redaction(raw: str) -> Any:
+    from fmstack.guard.core import Finding
+
+    return Finding("stream", "guard_error", 0, len(raw), action="block",
+                   detail="a redaction reached text already streamed; the stream was stopped")
+
+
+def _reask_request(request: Request, answer: str, verdict: Verdict) -> Request:
+    blocked = verdict.blocked
+    why = blocked.detail if blocked is not None and blocked.detail else "it broke a rule"
+    messages = [*(request.messages or []), Message(role="assistant", content=answer),
+                Message(role="user", content=f"Your answer was rejected: {why}. "
+                                             "Answer the original request again, correctly.")]
+    return request.model_copy(update={"messages": messages})
