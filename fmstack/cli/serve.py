@@ -59,6 +59,9 @@ def serve(
     draft: Annotated[str | None, typer.Option(
         "--draft", help="Engine: a smaller GGUF model with the same vocabulary that proposes "
         "the speculative tokens (default: prompt lookup).")] = None,
+    guard: Annotated[str | None, typer.Option(
+        "--guard", help="Guard policy for every model: default, strict, audit or a YAML file "
+        "(see `fmstack guard policies`).")] = None,
     ctx_size: Annotated[int | None, typer.Option(
         "--ctx-size", help="Engine KV cache in tokens, split over the slots (default "
         "2048 per slot).")] = None,
@@ -120,8 +123,14 @@ def serve(
                       "speculative": speculative}
             if draft is not None:
                 sizing["draft"] = draft
+        if guard is not None:
+            cfg.guard = guard
+        from fmstack.serve.config import load_guards
+
+        route_guards, key_guards = load_guards(cfg, specs)  # before loading models: fail fast
         gateway = _load(specs, sizing)
     app = create_app(gateway, keys=keystore, embeddings=cfg.embeddings,
+                     guards=route_guards, key_guards=key_guards,
                      cache=ResponseCache(cfg.cache.max_entries) if cfg.cache else None,
                      cors_origins=[*cfg.cors_origins, *(cors or [])], ui=ui)
     common.err().print(f"serving {', '.join(gateway.routes)} on http://{host}:{port}/v1"

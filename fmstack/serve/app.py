@@ -23,7 +23,7 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import Depends, FastAPI
@@ -33,6 +33,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fmstack.errors import FmstackError, OutputValidationError
+from fmstack.guard.core import GuardBlocked
+from fmstack.guard.guard import Guard, OutputStream, Screened
 from fmstack.models.types import Completion, Delta, Request
 from fmstack.serve import protocol
 from fmstack.serve.cache import ResponseCache, deterministic
@@ -92,14 +94,19 @@ class _StatusCounter:
 def create_app(served: Mapping[str, Model] | Gateway, *, keys: KeyStore | None = None,
                cache: ResponseCache | None = None, embeddings: Sequence[str] = (),
                cors_origins: Sequence[str] = (), traces: TraceStore | None = None,
-               ui: bool = True) -> FastAPI:
+               ui: bool = True, guards: Mapping[str, Guard] | None = None,
+               key_guards: Mapping[str, Guard] | None = None) -> FastAPI:
     """The API over ``served``: name -> loaded Model, or a Gateway of routes.
 
     ``keys``: require an API key on /v1 and /api routes (per-key rate limits apply).
     ``cache``: answer repeated deterministic requests from it. ``embeddings``: embedder
     aliases served on /v1/embeddings, loaded on first use. ``cors_origins``: browser origins
     allowed to call the API. ``traces``: the store the UI browses (default: the user's).
+    ``guards``: a Guard per served name; ``key_guards``: a Guard per API key name, which
+    replaces the route's for that key's requests. A blocked request is a 400 with code
+    ``guard_blocked`` and a ``reason``.
     """
+    guards, key_guards = dict(guards or {}), dict(key_guards or {})
     gateway = served if isinstance(served, Gateway) else Gateway.of(dict(served))
     metrics = ServerMetrics(
         lambda: [(r.name, r.waiting, r.running) for r in gateway.routes.values()],
@@ -168,11 +175,29 @@ def create_app(served: Mapping[str, Model] | Gateway, *, keys: KeyStore | None =
                 metrics.cancelled.labels(model).inc()
                 raise ClientGone
 
+    def guard_of(http: HTTPRequest, route: Route) -> Guard | None:
+        key = getattr(http.state, "key", None)
+        if key is not None and key in key_guards:
+            return key_guards[key]
+        return guards.get(route.name)
+
+    async def screen(guard: Guard, route: Route, request: Request) -> Screened:
+        try:
+            screened = await run_in_threadpool(guard.screen_traced, request, route.model)
+        except GuardBlocked as e:
+            metrics.guard.labels(route.name, "input", e.reason).inc()
+            raise client_error(e) from None
+        return screened
+
     async def generate(http: HTTPRequest, route: Route, request: Request, stream: bool,
                        include_usage: bool, make: _Shaper) -> Response:
         """Run ``request`` on ``route`` and answer it, streamed or whole."""
         started = time.perf_counter()
         headers: dict[str, str] = {}
+        guard = guard_of(http, route)
+        screened = await screen(guard, route, request) if guard is not None else None
+        if screened is not None:
+            request = screened.request
         key = None
         if cache is not None and deterministic(request):
             key = cache.key(route.name, request)
@@ -200,10 +225,14 @@ def create_app(served: Mapping[str, Model] | Gateway, *, keys: KeyStore | None =
                                     route.name)
                 except OutputValidationError as e:
                     c = _cut_short(e)
+                if guard is not None and screened is not None:
+                    c = await watch(http, check_answer(guard, screened, route, c), route.name)
                 done(c)
                 headers["x-fmstack-replica"] = attempt.replica
                 return JSONResponse(make.whole(c), headers=headers)
             deltas = gateway.run(route.name, request, stream=True, attempt=attempt)
+            if guard is not None and screened is not None:
+                deltas = guard_stream(guard, screened, route, deltas)
             # The first delta is awaited before answering, so a full queue, a dead upstream
             # or a timeout before any token is an HTTP error, not a broken stream.
             first = await watch(http, deltas.__anext__(), route.name)
@@ -219,6 +248,43 @@ def create_app(served: Mapping[str, Model] | Gateway, *, keys: KeyStore | None =
             _events(first, deltas, make, include_usage, done,
                     lambda: metrics.cancelled.labels(route.name).inc()),
             media_type="text/event-stream", headers=headers)
+
+    async def check_answer(guard: Guard, screened: Screened, route: Route,
+                           c: Completion) -> Completion:
+        """The output policy on a whole answer; a blocked answer is re-asked through the
+        gateway (``reask`` in the policy), then refused with a 400."""
+        loop = asyncio.get_running_loop()
+
+        def retry(r: Request) -> Completion:
+            work = gateway.complete(route.name, r, Attempt(route=route.name, replica=""))
+            return asyncio.run_coroutine_threadsafe(work, loop).result()
+
+        try:
+            return await run_in_threadpool(guard.answer, screened, c, retry, route.model.tracer)
+        except GuardBlocked as e:
+            metrics.guard.labels(route.name, "output", e.reason).inc()
+            raise client_error(e) from None
+
+    async def guard_stream(guard: Guard, screened: Screened, route: Route,
+                           deltas: AsyncGenerator[Delta, None]) -> AsyncGenerator[Delta, None]:
+        """The output policy on a stream (``OutputStream``): a block before the first text is
+        a 400; after it, an error event ends the stream."""
+        out = OutputStream(guard, screened, route.model.tracer)
+        try:
+            async for delta in deltas:
+                if delta.completion is None:
+                    text = out.feed(delta.text)
+                    if text:
+                        yield delta.model_copy(update={"text": text})
+                else:
+                    text, c = out.finish(delta.text, delta.completion)
+                    yield delta.model_copy(update={"text": text, "completion": c})
+        except GuardBlocked as e:
+            metrics.guard.labels(route.name, "output", e.reason).inc()
+            raise
+        finally:
+            with contextlib.suppress(BaseException):
+                await deltas.aclose()
 
     async def check_fits(route: Route, request: Request) -> None:
         """A prompt over the context window is a 400 before any work (streams included)."""

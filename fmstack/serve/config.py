@@ -16,12 +16,16 @@ embeddings: [minilm]              # served on /v1/embeddings, loaded on first us
 cache: {max_entries: 1024}        # exact-response cache (omit or null: off)
 cors_origins: ["http://localhost:3000"]
 require_keys: false               # true: every /v1 and /api request needs an API key
+guard: default                    # guard policy for every model (a models: entry's own
+                                  # `guard:` wins); built-in name or YAML file (fmstack.guard)
+key_guards: {partner: strict}     # policy per API key name (wins over the model's)
 ```
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -42,6 +46,8 @@ class ServeConfig(BaseModel):
     cache: CacheSpec | None = None
     cors_origins: list[str] = Field(default_factory=list)
     require_keys: bool = False
+    guard: str | None = None
+    key_guards: dict[str, str] = Field(default_factory=dict)
 
 
 def load_config(path: Path) -> ServeConfig:
@@ -61,3 +67,20 @@ def load_config(path: Path) -> ServeConfig:
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
                              for err in e.errors())
         raise ConfigError(f"serve config {path}: {problems}") from None
+
+
+def load_guards(cfg: ServeConfig, specs: list[RouteSpec]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Guard of each served name and of each API key named in ``key_guards``; one policy
+    file loads once, so routes naming the same one share a Guard (and its canary)."""
+    from fmstack.guard import load_policy
+
+    loaded: dict[str, Any] = {}
+
+    def get(name: str) -> Any:
+        if name not in loaded:
+            loaded[name] = load_policy(name)
+        return loaded[name]
+
+    routes = {spec.name: get(g) for spec in specs if (g := spec.guard or cfg.guard)}
+    keys = {key: get(g) for key, g in cfg.key_guards.items()}
+    return routes, keys

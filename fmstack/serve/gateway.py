@@ -47,6 +47,7 @@ from fmstack.errors import (
     FmstackError,
     OutputValidationError,
 )
+from fmstack.guard.core import GuardBlocked
 from fmstack.models.types import Completion, Delta, Request
 from fmstack.serve.errors import APIError
 
@@ -71,6 +72,8 @@ class RouteSpec(BaseModel):
     timeout: float | None = Field(None, gt=0)  # seconds an attempt may take
     max_concurrency: int = Field(1, ge=1, le=1024)  # slots per replica
     max_queue: int = Field(64, ge=0, le=100_000)  # waiting requests beyond the running ones
+    # A guard policy (built-in name or YAML file, fmstack.guard) for this name's requests.
+    guard: str | None = None
 
 
 class QueueFull(APIError):
@@ -222,6 +225,10 @@ def retryable(e: BaseException) -> bool:
 
 def client_error(e: FmstackError) -> APIError:
     """The HTTP answer for an error raised by a model."""
+    if isinstance(e, GuardBlocked):
+        return APIError(400, str(e), code="guard_blocked", extra={"reason": e.reason,
+                                                                  "where": e.where},
+                        headers={"x-fmstack-guard": e.reason})
     if isinstance(e, ContextLengthError):
         return APIError(400, str(e), code="context_length_exceeded")
     if isinstance(e, CapabilityError | ConfigError):

@@ -64,6 +64,8 @@ class ServerMetrics:
         self.batch_size = Histogram("fmstack_batch_size", "Requests per generate call on "
                                     "batch-capable models", ["model"],
                                     buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
+        self.guard = Counter("fmstack_guard_blocked", "Requests or answers a guard blocked, "
+                             "by where and reason", ["model", "where", "reason"], registry=r)
         self.embedding_inputs = Counter("fmstack_embedding_inputs", "Texts embedded",
                                         ["model"], registry=r)
 
