@@ -23,18 +23,28 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from fmstack.errors import ConfigError
-from fmstack.guard.core import DEFAULT_MAX_CHARS, GuardBlocked, Policy, Verdict, rules_from_config
+from fmstack.guard.core import (
+    DEFAULT_MAX_CHARS,
+    Finding,
+    GuardBlocked,
+    Policy,
+    Verdict,
+    rules_from_config,
+)
 from fmstack.guard.output import CanaryScanner
 from fmstack.models.base import Model
 from fmstack.models.types import Completion, Delta, Message, Request
+
+if TYPE_CHECKING:
+    from fmstack.store.traces import TraceStore
 
 POLICY_DIR = Path(__file__).parent / "policies"
 # Roles whose text comes from outside the application and is scanned on the way in. System
@@ -53,6 +63,10 @@ class Screened:
     request: Request
     verdicts: list[dict[str, Any]] = field(default_factory=list)
     vault: Any = None  # fmstack.guard.vault.Vault when the policy keeps redactions reversible
+
+    def show(self, text: str) -> str:
+        """An answer as the user sees it: vault placeholders put back."""
+        return self.vault.restore(text) if self.vault is not None else text
 
 
 @dataclass
@@ -101,14 +115,20 @@ class Guard:
                 if m.role in SCANNED_ROLES else m
                 for i, m in enumerate(request.messages or [])
             ]
-            new = request.model_copy(update={"messages": self._plant(messages)})
+            new = self.plant(request.model_copy(update={"messages": messages}))
         return Screened(new, verdicts, vault)
 
-    def _plant(self, messages: list[Message]) -> list[Message]:
+    def plant(self, request: Request) -> Request:
+        """``request`` with the canary line added to its system prompt (a chat request when
+        the output policy has a canary rule; otherwise unchanged)."""
         canary = self.canary
-        if canary is None:
-            return messages
-        line = canary.instruction()
+        if canary is None or request.messages is None:
+            return request
+        return request.model_copy(update={"messages": self._planted(request.messages)})
+
+    def _planted(self, messages: list[Message]) -> list[Message]:
+        assert self.canary is not None
+        line = self.canary.instruction()
         if messages and messages[0].role == "system":
             first = messages[0]
             return [first.model_copy(update={"content": f"{first.content}\n\n{line}"}),
@@ -117,9 +137,60 @@ class Guard:
 
     # ----- output -------------------------------------------------------------------------
 
+    def screen_traced(self, request: Request, model: Model) -> Screened:
+        """``screen``, tracing a blocked request in ``model``'s trace store (the model never
+        sees it, so nothing else would)."""
+        started = time.perf_counter()
+        try:
+            return self.screen(request)
+        except GuardBlocked as e:
+            if model.tracer is not None:
+                model.tracer.log_call(model=model.name, backend=model.backend, request=request,
+                                      completion=None, error=e,
+                                      seconds=time.perf_counter() - started, guard=e.record)
+            raise
+
     def check_output(self, text: str) -> Verdict:
         """Apply the output policy to one answer (GuardBlocked is the caller's to raise)."""
         return self.output.check(text)
+
+    def answer(self, s: Screened, completion: Completion,
+               retry: Callable[[Request], Completion] | None = None,
+               tracer: TraceStore | None = None) -> Completion:
+        """Check every choice of ``completion``; with ``retry`` (the model's ``complete``), a
+        blocked chat answer is re-asked up to ``reask`` times. Redactions are applied, vault
+        placeholders restored, ``completion.guard`` set and written to the trace. Raises
+        GuardBlocked when an answer stays blocked."""
+        outputs: list[dict[str, Any]] = []
+        reasks = 0
+        for i, choice in enumerate(completion.choices):
+            verdict = self.check_output(choice.text)
+            while (not verdict.ok and retry is not None and reasks < self.reask
+                   and s.request.is_chat):
+                reasks += 1
+                outputs.append({"where": f"choices[{i}]", "reask": reasks, **verdict.to_json()})
+                again = retry(_reask_request(s.request, choice.text, verdict))
+                _set_guard(tracer, again, self.record(s.verdicts, outputs, reasks))
+                choice = again.choices[0].model_copy(update={"index": i})
+                verdict = self.check_output(choice.text)
+            if not verdict.ok:
+                self.block_output(s, verdict, outputs, reasks, completion.trace_id, tracer)
+            if verdict.findings:
+                outputs.append({"where": f"choices[{i}]", **verdict.to_json()})
+            completion.choices[i] = choice.model_copy(update={"text": s.show(verdict.text)})
+        completion.guard = self.record(s.verdicts, outputs, reasks)
+        _set_guard(tracer, completion, completion.guard)
+        return completion
+
+    def block_output(self, s: Screened, verdict: Verdict, outputs: list[dict[str, Any]],
+                     reasks: int, trace_id: int | None, tracer: TraceStore | None) -> None:
+        """Raise GuardBlocked for an answer, recording it on the call's trace."""
+        blocked = GuardBlocked(verdict, where="output")
+        outputs = [*outputs, {"where": "output", **verdict.to_json()}]
+        blocked.record = self.record(s.verdicts, outputs, reasks, blocked=blocked)
+        if trace_id is not None and tracer is not None:
+            tracer.set_guard(trace_id, blocked.record)
+        raise blocked
 
     def record(self, input_verdicts: list[dict[str, Any]],
                output_verdicts: Sequence[dict[str, Any]] = (), reasks: int = 0,
@@ -194,97 +265,26 @@ class GuardedModel:
         self.capabilities = model.capabilities
 
     def generate(self, requests: Sequence[Request]) -> list[Completion]:
-        screened = [self._screen(r) for r in requests]
+        screened = [self.guard.screen_traced(r, self.model) for r in requests]
         completions = self.model.generate([s.request for s in screened])
-        return [self._answer(s, c) for s, c in zip(screened, completions, strict=True)]
+        return [self.guard.answer(s, c, self.model.complete, self.model.tracer)
+                for s, c in zip(screened, completions, strict=True)]
 
     def complete(self, request: Request) -> Completion:
         return self.generate([request])[0]
 
     def stream(self, request: Request) -> Iterator[Delta]:
-        """Stream through the output policy: text is released ``STREAM_HOLDBACK`` characters
-        behind the model so a redaction or block lands before the text leaves. A redaction that
-        would reach text already sent blocks the stream instead (it fails closed)."""
-        s = self._screen(request)
-        sent = ""
-        raw = ""
+        """Stream through the output policy (see ``OutputStream``)."""
+        s = self.guard.screen_traced(request, self.model)
+        out = OutputStream(self.guard, s, self.model.tracer)
         for delta in self.model.stream(s.request):
-            raw += delta.text
             if delta.completion is None:
-                shown = self._shown(s, raw)
-                release = shown[: max(len(sent), len(shown) - STREAM_HOLDBACK)]
-                if not release.startswith(sent):
-                    self._block_output(s, Verdict(raw, blocked=_late_redaction(raw)),
-                                       None, [], 0)
-                if len(release) > len(sent):
-                    yield Delta(text=release[len(sent):])
-                    sent = release
-                continue
-            completion = self._answer(s, delta.completion)
-            final = completion.text
-            if not final.startswith(sent):
-                self._block_output(s, Verdict(raw, blocked=_late_redaction(raw)),
-                                   completion.trace_id, [], 0)
-            yield delta.model_copy(update={"text": final[len(sent):], "completion": completion})
-
-    def _shown(self, s: Screened, raw: str) -> str:
-        verdict = self.guard.check_output(raw)
-        if not verdict.ok:
-            self._block_output(s, verdict, None, [], 0)
-        return s.vault.restore(verdict.text) if s.vault is not None else verdict.text
-
-    def _screen(self, request: Request) -> Screened:
-        started = time.perf_counter()
-        try:
-            return self.guard.screen(request)
-        except GuardBlocked as e:
-            record = self.guard.record(e.record["input"] if e.record else [], blocked=e)
-            e.record = record
-            if self.model.tracer is not None:
-                self.model.tracer.log_call(
-                    model=self.model.name, backend=self.model.backend, request=request,
-                    completion=None, error=e, seconds=time.perf_counter() - started,
-                    guard=record)
-            raise
-
-    def _answer(self, s: Screened, completion: Completion) -> Completion:
-        """Check every choice; re-ask a blocked chat answer up to ``guard.reask`` times."""
-        outputs: list[dict[str, Any]] = []
-        reasks = 0
-        for i, choice in enumerate(completion.choices):
-            verdict = self.guard.check_output(choice.text)
-            while not verdict.ok and reasks < self.guard.reask and s.request.is_chat:
-                reasks += 1
-                outputs.append({"where": f"choices[{i}]", "reask": reasks, **verdict.to_json()})
-                retry = self.model.complete(_reask_request(s.request, choice.text, verdict))
-                self._set_trace(retry, s, outputs, reasks)
-                choice = retry.choices[0].model_copy(update={"index": i})
-                verdict = self.guard.check_output(choice.text)
-            if verdict.findings:
-                outputs.append({"where": f"choices[{i}]", **verdict.to_json()})
-            if not verdict.ok:
-                self._block_output(s, verdict, completion.trace_id, outputs, reasks)
-            text = s.vault.restore(verdict.text) if s.vault is not None else verdict.text
-            completion.choices[i] = choice.model_copy(update={"text": text})
-        completion.guard = self.guard.record(s.verdicts, outputs, reasks)
-        self._set_trace(completion, s, outputs, reasks)
-        return completion
-
-    def _block_output(self, s: Screened, verdict: Verdict, trace_id: int | None,
-                      outputs: list[dict[str, Any]], reasks: int) -> None:
-        blocked = GuardBlocked(verdict, where="output")
-        if not outputs or outputs[-1].get("blocked") is None:
-            outputs = [*outputs, {"where": "output", **verdict.to_json()}]
-        blocked.record = self.guard.record(s.verdicts, outputs, reasks, blocked=blocked)
-        if trace_id is not None and self.model.tracer is not None:
-            self.model.tracer.set_guard(trace_id, blocked.record)
-        raise blocked
-
-    def _set_trace(self, completion: Completion, s: Screened, outputs: list[dict[str, Any]],
-                   reasks: int) -> None:
-        if completion.trace_id is not None and self.model.tracer is not None:
-            self.model.tracer.set_guard(completion.trace_id,
-                                        self.guard.record(s.verdicts, outputs, reasks))
+                text = out.feed(delta.text)
+                if text:
+                    yield delta.model_copy(update={"text": text})
+            else:
+                text, completion = out.finish(delta.text, delta.completion)
+                yield delta.model_copy(update={"text": text, "completion": completion})
 
     # The rest of the Model surface, unguarded: these produce no text for a user.
     def score(self, texts: Sequence[str], *, contexts: Sequence[str] | None = None) -> Any:
@@ -300,16 +300,54 @@ class GuardedModel:
         self.model.close()
 
 
+class OutputStream:
+    """The output policy over a stream: text is released ``STREAM_HOLDBACK`` characters behind
+    the model, so a redaction or a block lands before the text leaves. Every feed re-checks
+    the whole answer so far (cheap for the pattern scanners; keep model-based scanners out of
+    streamed output policies). A redaction that would reach text already sent blocks the
+    stream instead: it fails closed. Streams are not re-asked."""
+
+    def __init__(self, guard: Guard, screened: Screened, tracer: TraceStore | None = None,
+                 ) -> None:
+        self.guard, self.screened, self.tracer = guard, screened, tracer
+        self.raw = ""
+        self.sent = ""
+
+    def feed(self, text: str) -> str:
+        """Take the model's next piece; return the text that may be sent now."""
+        self.raw += text
+        verdict = self.guard.check_output(self.raw)
+        if not verdict.ok:
+            self.guard.block_output(self.screened, verdict, [], 0, None, self.tracer)
+        shown = self.screened.show(verdict.text)
+        return self._release(shown[: max(len(self.sent), len(shown) - STREAM_HOLDBACK)])
+
+    def finish(self, text: str, completion: Completion) -> tuple[str, Completion]:
+        """The last piece and the Completion: the rest of the (checked) answer, and the
+        Completion with its guard record."""
+        self.raw += text
+        checked = self.guard.answer(self.screened, completion, None, self.tracer)
+        return self._release(checked.text, completion.trace_id), checked
+
+    def _release(self, shown: str, trace_id: int | None = None) -> str:
+        if not shown.startswith(self.sent):
+            late = Finding("stream", "guard_error", 0, len(self.raw), action="block",
+                           detail="a redaction reached text already streamed; stream stopped")
+            self.guard.block_output(self.screened, Verdict(self.raw, [late], late), [], 0,
+                                    trace_id, self.tracer)
+        new, self.sent = shown[len(self.sent):], shown
+        return new
+
+
 def guarded(model: Model, guard: Guard | str | Path) -> GuardedModel:
     """``model`` with ``guard`` (a Guard, or a policy name or file) on every call."""
     return GuardedModel(model, guard if isinstance(guard, Guard) else load_policy(guard))
 
 
-def _late_redaction(raw: str) -> Any:
-    from fmstack.guard.core import Finding
-
-    return Finding("stream", "guard_error", 0, len(raw), action="block",
-                   detail="a redaction reached text already streamed; the stream was stopped")
+def _set_guard(tracer: TraceStore | None, completion: Completion,
+               record: dict[str, Any]) -> None:
+    if tracer is not None and completion.trace_id is not None:
+        tracer.set_guard(completion.trace_id, record)
 
 
 def _reask_request(request: Request, answer: str, verdict: Verdict) -> Request:

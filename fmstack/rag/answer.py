@@ -14,6 +14,7 @@ context window are dropped from the end (lowest ranked first) and counted in ``d
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from fmstack.errors import ConfigError
 from fmstack.rag.documents import Hit
 
 if TYPE_CHECKING:
+    from fmstack.guard.guard import Guard
     from fmstack.models.base import Model
     from fmstack.models.types import Completion, Request
     from fmstack.prompts.files import PromptFile
@@ -44,6 +46,8 @@ class Answer:
     grounded: bool = True
     invalid_citations: list[int] = field(default_factory=list)
     dropped: int = 0  # sources left out to fit the context window
+    # Retrieved chunks a guard left out (source, chunk id, reason, detail).
+    blocked_sources: list[dict[str, Any]] = field(default_factory=list)
     completion: Completion | None = None
 
     @classmethod
@@ -146,12 +150,25 @@ def citation_pattern(n_sources: int) -> str:
 def answer(model: Model, question: str, hits: Sequence[Hit], *,
            prompt: str | PromptFile = "rag-answer", min_score: float | None = None,
            on_text: Callable[[str], None] | None = None, require_citations: bool = False,
-           **params: Any) -> Answer:
+           guard: Guard | None = None, **params: Any) -> Answer:
     """Answer ``question`` from ``hits`` (best first) with citations; see the module doc.
     ``on_text`` receives the answer's text as it streams. ``require_citations`` constrains
     decoding (``citation_pattern``) so that every sentence cites a source that exists, or the
-    answer is the refusal: small models otherwise often answer without citing."""
+    answer is the refusal: small models otherwise often answer without citing.
+
+    ``guard`` (fmstack.guard): the question goes through its input policy (GuardBlocked if
+    blocked); each retrieved chunk too, at query time, since retrieved text is where indirect
+    injections hide: a chunk a rule blocks is left out (``Answer.blocked_sources``), a redacted
+    one is used redacted; the answer goes through the output policy. All of it is recorded in
+    the answer's trace (``guard``)."""
     usable = [h for h in hits if min_score is None or h.score >= min_score]
+    screening: list[dict[str, Any]] = []
+    blocked_sources: list[dict[str, Any]] = []
+    if guard is not None:
+        from fmstack.models.types import Request as _Request
+
+        screening = guard.screen_traced(_Request.chat(question), model).verdicts
+        usable = _screen_sources(guard, usable, screening, blocked_sources)
     if not usable:
         if on_text is not None:
             on_text(NO_SOURCES)
@@ -167,7 +184,9 @@ def answer(model: Model, question: str, hits: Sequence[Hit], *,
         fmt = RegexFormat(pattern=citation_pattern(len(sources)))
         request.params = request.params.model_copy(update={"response_format": fmt})
     completion: Completion | None = None
-    if on_text is None:
+    if guard is not None:
+        completion = _guarded_call(guard, model, request, screening, on_text)
+    elif on_text is None:
         completion = model.complete(request)
     else:
         for delta in model.stream(request):
@@ -176,5 +195,46 @@ def answer(model: Model, question: str, hits: Sequence[Hit], *,
             if delta.completion is not None:
                 completion = delta.completion
     assert completion is not None
-    return Answer.from_text(question, completion.text, sources, dropped=dropped,
-                            completion=completion)
+    result = Answer.from_text(question, completion.text, sources, dropped=dropped,
+                              completion=completion)
+    result.blocked_sources = blocked_sources
+    return result
+
+
+def _screen_sources(guard: Guard, hits: list[Hit], screening: list[dict[str, Any]],
+                    blocked: list[dict[str, Any]]) -> list[Hit]:
+    kept = []
+    for hit in hits:
+        verdict = guard.input.check(hit.chunk.text)
+        where = f"source {hit.chunk.source}#{hit.chunk.id}"
+        if verdict.findings:
+            screening.append({"where": where, **verdict.to_json()})
+        if not verdict.ok:
+            assert verdict.blocked is not None
+            blocked.append({"source": hit.chunk.source, "chunk": hit.chunk.id,
+                            "reason": verdict.blocked.kind, "detail": verdict.blocked.detail})
+            continue
+        if verdict.text != hit.chunk.text:
+            hit = dataclasses.replace(hit, chunk=dataclasses.replace(hit.chunk,
+                                                                     text=verdict.text))
+        kept.append(hit)
+    return kept
+
+
+def _guarded_call(guard: Guard, model: Model, request: Request, screening: list[dict[str, Any]],
+                  on_text: Callable[[str], None] | None) -> Completion:
+    from fmstack.guard.guard import OutputStream, Screened
+
+    screened = Screened(guard.plant(request), screening)
+    if on_text is None:
+        done = model.complete(screened.request)
+        return guard.answer(screened, done, model.complete, model.tracer)
+    out = OutputStream(guard, screened, model.tracer)
+    for delta in model.stream(screened.request):
+        if delta.completion is None:
+            text = out.feed(delta.text)
+        else:
+            text, completion = out.finish(delta.text, delta.completion)
+        if text:
+            on_text(text)
+    return completion

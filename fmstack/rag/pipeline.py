@@ -21,6 +21,7 @@ from fmstack.rag.documents import Hit
 from fmstack.rag.fusion import reciprocal_rank_fusion, weighted_score_fusion
 
 if TYPE_CHECKING:
+    from fmstack.guard.guard import Guard
     from fmstack.models.base import Model
     from fmstack.models.types import Message
     from fmstack.rag.collection import Collection
@@ -110,7 +111,7 @@ def ask(
     where: dict[str, Any] | None = None, min_score: float | None = None,
     on_text: Callable[[str], None] | None = None, prompt: str = "rag-answer",
     fusion: Literal["rrf", "weighted"] = DEFAULT_FUSION, rrf_k: int = 60,
-    **params: Any,
+    guard: Guard | None = None, **params: Any,
 ) -> RagResult:
     """Answer ``question`` from the collection with citations (see the module doc)."""
     from fmstack.rag import query as q
@@ -122,5 +123,5 @@ def ask(
     hits = retrieve(collection, search, k=k, mode=mode, reranker=reranker, where=where,
                     hyde_passages=passages, fusion=fusion, rrf_k=rrf_k)
     result = answer(model, question if search == question else search, hits, prompt=prompt,
-                    min_score=min_score, on_text=on_text, **params)
+                    min_score=min_score, on_text=on_text, guard=guard, **params)
     return RagResult(question=question, query=search, hits=hits, answer=result, hyde=passages)
