@@ -101,7 +101,10 @@ def make_scanner(name: str, **options: Any) -> Scanner:
         raise ConfigError(f"unknown scanner {name!r} (installed scanners: {known})")
     cls = classes[name]
     if not isinstance(cls, type):
-        cls = cls.load()
+        try:
+            cls = cls.load()
+        except ImportError as e:  # a plugin whose own dependency is missing
+            raise ConfigError(f"scanner {name!r} cannot be loaded ({cls.value}): {e}") from e
     try:
         scanner = cls(**options)
     except TypeError as e:

@@ -103,7 +103,7 @@ class Guard:
                 verdicts.append({"where": where, **verdict.to_json()})
             if not verdict.ok:
                 blocked = GuardBlocked(verdict, where="input")
-                blocked.record = self.record(verdicts)
+                blocked.record = self.record(verdicts, blocked=blocked)
                 raise blocked
             return verdict.text
 

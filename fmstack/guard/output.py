@@ -32,7 +32,10 @@ class CanaryScanner:
         self.token = token or "cnry-" + secrets.token_hex(6)
         if len(self.token) < 8:
             raise ConfigError("a canary token needs at least 8 characters to be unguessable")
-        self._pattern = re.compile(_GAP.join(re.escape(c) for c in self.token), re.IGNORECASE)
+        # Only the token's letters and digits must appear, in order: its own punctuation may
+        # come back changed ("cnry.5f2a..." or "c n r y 5 f 2 a").
+        core = [c for c in self.token if c.isalnum()]
+        self._pattern = re.compile(_GAP.join(re.escape(c) for c in core), re.IGNORECASE)
 
     def instruction(self) -> str:
         """The line the Guard appends to the system prompt."""
