@@ -30,7 +30,8 @@ non-empty groups and a decimal digit ("A::B" in C++ is not an address). US SSNs 
 checksum: only the 3-2-4 dashed form is reported without a context word. Phone numbers need
 phone-like formatting: a leading "+" with 8-15 digits, a trunk "0" prefix with separators
 (UK, DE, FR, NL style), NANP "555-123-4567"/"(555) 123-4567", or a dashed 7-digit local
-number; plain digit runs, dates, times, versions and card/IBAN digits are not phones.
+number (the last only with a context word: "854-1987" is more often a range); plain digit
+runs, dates, times, versions and card/IBAN digits are not phones.
 
 **Blind spots.** Phone formats outside those families (e.g. national numbers without a trunk
 prefix other than NANP); lowercase IBANs and codice fiscale; IBANs spaced other than in groups
@@ -72,6 +73,7 @@ class _Detector:
     context_score: float  # the score when a context word is near
     specificity: int  # breaks score ties between overlapping kinds: higher wins
     context_required: bool = False  # only report when a context word is near
+    needs_context_below: float = 0.0  # readings scored below this need a context word
 
 
 def _ctx(words: str) -> re.Pattern[str]:
@@ -361,7 +363,7 @@ _DETECTORS: tuple[_Detector, ...] = (
               0.95, 30),
     _Detector("phone", _PHONE_RE, _phone_shape,
               _ctx(r"phone|tel|telephone|mobile|cell|call|fax|whatsapp|sms|ring|text me|"
-                   r"contact|reach me|t\.|m\."), 0.9, 10),
+                   r"contact|reach me|t\.|m\."), 0.9, 10, needs_context_below=0.6),
 )
 
 # Every kind the scanner can report; national IDs can also be selected as a group.
@@ -438,7 +440,7 @@ class PIIScanner:
                     continue
                 score, detail = checked
                 near = det.context is not None and self._near(det.context, text, start, end)
-                if det.context_required and not near:
+                if not near and (det.context_required or score < det.needs_context_below):
                     continue
                 if near:
                     score = max(score, det.context_score)
