@@ -52,6 +52,7 @@ bench: install llama-cpp-tools
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/engine_features.py
 	$(BIN)/python bench/quant.py
+	$(BIN)/python bench/guard.py
 
 # llama.cpp's own llama-server, llama-quantize and llama-perplexity, built (CPU, Release) from the
 # llama.cpp sources inside the sdist of the installed llama-cpp-python, into build/llama.cpp/bin:
