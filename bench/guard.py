@@ -36,8 +36,9 @@ concatenated and repeated) scanned at once, best of 3.
 identifiers in realistic text, and checksum-invalid look-alikes), included as it reports.
 
 **Policy latency**: ``load_policy("default")``'s input screening (``Guard.screen``) of a typical
-chat request (a system prompt and a user message of ~600 characters) and its output check of a
-typical answer, median and p99 over ``--policy-runs`` runs, in ms.
+chat request (a 240-character system prompt, trusted and not scanned, and a 328-character user
+message) and its output check of a 369-character answer, median and p99 over ``--policy-runs``
+runs after one first call (reported apart: it pays for lazy imports), in ms.
 """
 
 from __future__ import annotations
@@ -327,6 +328,9 @@ def policy_latency(runs: int) -> dict[str, Any] | str:
     screen: list[float] = []
     output: list[float] = []
     try:
+        # The first call pays for lazy imports and compiled patterns: reported on its own.
+        first = {"screen_input_ms": round(_timed(guard.screen, request) * 1000, 3),
+                 "check_output_ms": round(_timed(guard.check_output, ANSWER) * 1000, 3)}
         for _ in range(runs):
             screen.append(_timed(guard.screen, request))
             output.append(_timed(guard.check_output, ANSWER))
@@ -343,6 +347,7 @@ def policy_latency(runs: int) -> dict[str, Any] | str:
             "output_rules": [r.scanner.name for r in guard.output.rules],
             "request_chars": len(SYSTEM) + len(USER), "answer_chars": len(ANSWER),
             "screen_input_ms": stats(screen), "check_output_ms": stats(output),
+            "first_call_ms": first,
             "note": "the system message is trusted and not scanned; the user message is"}
 
 
