@@ -1,6 +1,6 @@
 """The ``fmstack`` command line: thin wiring from flags to the library, then printing.
 
-One module per command group (models, generate, chat, logs, prompt, eval, rag); ``common``
+One module per command group (models, generate, chat, logs, prompt, eval, rag, guard); ``common``
 holds the error contract and shared flags. Heavy imports (pydantic models, llama.cpp, torch)
 happen inside the commands, so ``fmstack --help`` stays fast.
 """
@@ -12,7 +12,19 @@ import sys
 import typer
 
 from fmstack import __version__
-from fmstack.cli import bench, chat, common, generate, keys, logs, models, prompt, rag, serve
+from fmstack.cli import (
+    bench,
+    chat,
+    common,
+    generate,
+    guard,
+    keys,
+    logs,
+    models,
+    prompt,
+    rag,
+    serve,
+)
 from fmstack.cli import eval as eval_cli
 
 app = typer.Typer(
@@ -51,6 +63,7 @@ app.add_typer(rag.app, name="rag")
 app.add_typer(bench.app, name="bench")
 app.command("serve")(serve.serve)
 app.add_typer(keys.app, name="keys")
+app.add_typer(guard.app, name="guard")
 
 
 def main() -> None:

@@ -111,6 +111,11 @@ def generate(
     no_trace: Annotated[
         bool, typer.Option("--no-trace", help="Do not log this call to the trace store.")
     ] = False,
+    guard: Annotated[
+        str | None, typer.Option("--guard", metavar="POLICY", help="Screen the prompt and the "
+                                 "answer with a guard policy: default, strict, audit or a YAML "
+                                 "file (see `fmstack guard policies`).")
+    ] = None,
 ) -> None:
     """Generate a completion for PROMPT."""
     sampling = dict(
@@ -136,7 +141,19 @@ def generate(
             messages.append(Message(role="user", content=text))
             request = Request(messages=messages, params=params)
 
-        with load_model(model, trace=not no_trace) as m:
+        if guard is not None and (best_of is not None or vote is not None):
+            raise ConfigError("--guard cannot be combined with --best-of or --vote")
+        policy = None
+        if guard is not None:
+            from fmstack.guard import load_policy
+
+            policy = load_policy(guard)  # before loading the model: a bad file fails fast
+        with load_model(model, trace=not no_trace) as loaded:
+            m: Any = loaded
+            if policy is not None:
+                from fmstack.guard import guarded
+
+                m = guarded(loaded, policy)
             if best_of is not None:
                 _best_of(m, request, best_of, as_json)
             elif vote is not None:
