@@ -77,7 +77,8 @@ class _Detector:
 
 
 def _ctx(words: str) -> re.Pattern[str]:
-    return re.compile(r"(?<!\w)(?:" + words + r")(?!\w)", re.IGNORECASE)
+    # "_" separates words here: "nhs_number=..." in a log line, a CSV header "bsn_nr"
+    return re.compile(r"(?<![^\W_])(?:" + words + r")(?![^\W_])", re.IGNORECASE)
 
 
 _STDNUM: dict[str, ModuleType] = {}
@@ -292,6 +293,7 @@ def _phone_shape(s: str) -> tuple[float, str] | None:
     if nanp and groups[-3][0] in "23456789":
         return 0.65, "North American phone number"
     if (groups[0].startswith("0") and 2 <= len(groups[0]) <= 5 and 9 <= n <= 12
+            and sizes != [3, 2, 4]  # the SSN shape
             and 2 <= len(groups) <= 5 and min(sizes[1:]) >= 2):
         return 0.7, "national phone number (trunk prefix 0)"
     if sizes == [3, 4] and "-" in s and groups[0][0] in "23456789":
