@@ -45,7 +45,8 @@ def chat(base: str, user: str, key: str = "none", **kw: object) -> object:
 
 
 def test_a_canary_leak_is_caught_end_to_end() -> None:
-    canary = CanaryScanner()
+    # A token SmolLM2 gives away at temperature 0 (tests/test_guard.py checks the control).
+    canary = CanaryScanner(token="cnry-5f2a9c71d3e8")
     guard = Guard(output=Policy([Rule(canary, "block")]))
     with server(guards={"smollm2": guard}) as base:
         with pytest.raises(openai.BadRequestError) as info:

@@ -94,7 +94,7 @@ class Guard:
         """Apply the input policy to the request's untrusted text; plant the canary. Raises
         GuardBlocked (with ``.record``) when a rule blocks."""
         vault = _new_vault() if self.vault else None
-        policy = dataclasses.replace(self.input, redactor=vault) if vault else self.input
+        policy = dataclasses.replace(self.input, redactor=vault) if vault is not None else self.input
         verdicts: list[dict[str, Any]] = []
 
         def check(text: str, where: str) -> str:

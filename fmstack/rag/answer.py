@@ -24,7 +24,8 @@ from fmstack.errors import ConfigError
 from fmstack.rag.documents import Hit
 
 if TYPE_CHECKING:
-    from fmstack.guard.guard import Guard
+    from fmstack.guard.core import Policy
+    from fmstack.guard.guard import Guard, Screened
     from fmstack.models.base import Model
     from fmstack.models.types import Completion, Request
     from fmstack.prompts.files import PromptFile
@@ -164,11 +165,16 @@ def answer(model: Model, question: str, hits: Sequence[Hit], *,
     usable = [h for h in hits if min_score is None or h.score >= min_score]
     screening: list[dict[str, Any]] = []
     blocked_sources: list[dict[str, Any]] = []
+    vault = None
     if guard is not None:
+        from fmstack.guard.guard import Screened
         from fmstack.models.types import Request as _Request
 
-        screening = guard.screen_traced(_Request.chat(question), model).verdicts
-        usable = _screen_sources(guard, usable, screening, blocked_sources)
+        asked = guard.screen_traced(_Request.chat(question), model)
+        screening, vault = asked.verdicts, asked.vault
+        # The sources share the question's vault, so one answer restores all placeholders.
+        policy = dataclasses.replace(guard.input, redactor=vault) if vault is not None else guard.input
+        usable = _screen_sources(policy, usable, screening, blocked_sources)
     if not usable:
         if on_text is not None:
             on_text(NO_SOURCES)
@@ -185,7 +191,8 @@ def answer(model: Model, question: str, hits: Sequence[Hit], *,
         request.params = request.params.model_copy(update={"response_format": fmt})
     completion: Completion | None = None
     if guard is not None:
-        completion = _guarded_call(guard, model, request, screening, on_text)
+        completion = _guarded_call(guard, model, request, Screened(guard.plant(request),
+                                                                   screening, vault), on_text)
     elif on_text is None:
         completion = model.complete(request)
     else:
@@ -201,11 +208,11 @@ def answer(model: Model, question: str, hits: Sequence[Hit], *,
     return result
 
 
-def _screen_sources(guard: Guard, hits: list[Hit], screening: list[dict[str, Any]],
+def _screen_sources(policy: Policy, hits: list[Hit], screening: list[dict[str, Any]],
                     blocked: list[dict[str, Any]]) -> list[Hit]:
     kept = []
     for hit in hits:
-        verdict = guard.input.check(hit.chunk.text)
+        verdict = policy.check(hit.chunk.text)
         where = f"source {hit.chunk.source}#{hit.chunk.id}"
         if verdict.findings:
             screening.append({"where": where, **verdict.to_json()})
@@ -221,11 +228,10 @@ def _screen_sources(guard: Guard, hits: list[Hit], screening: list[dict[str, Any
     return kept
 
 
-def _guarded_call(guard: Guard, model: Model, request: Request, screening: list[dict[str, Any]],
+def _guarded_call(guard: Guard, model: Model, request: Request, screened: Screened,
                   on_text: Callable[[str], None] | None) -> Completion:
-    from fmstack.guard.guard import OutputStream, Screened
+    from fmstack.guard.guard import OutputStream
 
-    screened = Screened(guard.plant(request), screening)
     if on_text is None:
         done = model.complete(screened.request)
         return guard.answer(screened, done, model.complete, model.tracer)
