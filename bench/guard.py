@@ -28,7 +28,7 @@ perplexity) and ``combined_self_check`` (any of the four), computed per case fro
 samples. Precision is None when a layer flags nothing, recall when there is no attack.
 
 **Speed**: per layer, the wall time of its eval run, the scanning time alone (summed over
-cases, timed inside the target), scanned KB/s (UTF-8 bytes / scanning time) and the per-text
+cases, timed inside the target), scanned KB/s (UTF-8 bytes / 1000 / scanning time) and the per-text
 scan latency (p50/p99). For the regex layers also ``bulk``: one ~256 KB document (the whole set
 concatenated and repeated) scanned at once, best of 3.
 
@@ -81,7 +81,8 @@ COMBOS = {
 }
 FALLBACK_THRESHOLD = 0.5
 FLAGGED, CLEAN = "flagged", "clean"
-BULK_BYTES = 256 * 1024
+BULK_BYTES = 256_000
+KB = 1000  # bytes, as bench/guard_pii.py counts them
 
 
 # ----- the dataset --------------------------------------------------------------------------
@@ -244,8 +245,8 @@ def run_layer(name: str, rows: Sequence[dict[str, Any]], options: dict[str, Any]
                  "flagged_mean": result.summary.get("flagged", {}).get("mean"),
                  "correct_mean": result.summary.get("correct", {}).get("mean")},
         "load_s": round(load_s, 3), "wall_s": round(wall_s, 3),
-        "scan_s": round(total_scan, 4), "scanned_kb": round(size / 1024, 1),
-        "kb_per_s": round(size / 1024 / total_scan, 1) if total_scan else None,
+        "scan_s": round(total_scan, 4), "scanned_kb": round(size / KB, 1),
+        "kb_per_s": round(size / KB / total_scan, 1) if total_scan else None,
         "scan_ms": {"p50": round(percentile(scan_s, 50) * 1000, 3),
                     "p99": round(percentile(scan_s, 99) * 1000, 3),
                     "mean": round(statistics.fmean(scan_s) * 1000, 3)} if scan_s else None,
@@ -261,7 +262,7 @@ def bulk_throughput(scanner: Scanner, rows: Sequence[dict[str, Any]],
     joined = "\n\n".join(r["text"] for r in rows)
     doc = joined * max(1, BULK_BYTES // max(1, len(joined.encode("utf-8"))))
     best = min(_timed(scanner.scan, doc) for _ in range(rounds))
-    kb = len(doc.encode("utf-8")) / 1024
+    kb = len(doc.encode("utf-8")) / KB
     return {"kb": round(kb, 1), "best_of": rounds, "seconds": round(best, 4),
             "kb_per_s": round(kb / best, 1)}
 
@@ -285,18 +286,21 @@ def combine(name: str, layers: Sequence[str], flags: dict[str, dict[str, bool]],
 # ----- PII and the default policy ------------------------------------------------------------
 
 
-def pii(per_kind: int, seed: int) -> dict[str, Any] | str:
-    """bench/guard_pii.py's results, as it reports them."""
+def pii(per_kind: int, seed: int, text_bytes: int) -> dict[str, Any] | str:
+    """bench/guard_pii.py's results, as it reports them: detection and redaction recall, false
+    positives on look-alikes, and the pii and secrets scanners' throughput."""
     try:
         module = importlib.import_module("guard_pii")
     except ImportError as e:
         return f"not measured: bench/guard_pii.py could not be imported ({e})"
     made = module.make_cases(per_kind, seed)
     started = time.perf_counter()
-    results = {"evaluate": module.evaluate(made)}
+    results: dict[str, Any] = {"settings": {"per_kind": per_kind, "seed": seed,
+                                            "cases": len(made), "throughput_bytes": text_bytes}}
+    results["evaluate"] = module.evaluate(made)
     results["evaluate_s"] = round(time.perf_counter() - started, 3)
-    results["throughput"] = module.throughput()
-    results["settings"] = {"per_kind": per_kind, "seed": seed}
+    results["throughput"] = {name: module.throughput(make_scanner(name), text_bytes)
+                             for name in ("pii", "secrets")}
     return results
 
 
@@ -398,10 +402,24 @@ def print_tables(results: dict[str, Any]) -> None:
                          *(fmt(r[key][c]["rate"], 2) if c in r[key] else "-"
                            for r in rows.values()))
     console.print(cats)
-    for part in ("pii", "policy_latency"):
-        value = results.get(part)
-        console.print(f"[bold]{part}[/bold]: "
-                      + (value if isinstance(value, str) else json.dumps(value)[:1500]))
+    pii_ = results.get("pii")
+    if isinstance(pii_, dict):
+        e = pii_["evaluate"]
+        speed = ", ".join(f"{name} {t['kb_per_s']:.0f} KB/s"
+                          for name, t in pii_["throughput"].items())
+        console.print(f"pii ({pii_['settings']['cases']} cases): recall {e['recall']:.4f}, "
+                      f"redaction recall {e['redaction_recall']:.4f}, false positives on "
+                      f"look-alikes {e['false_positives']}/{e['invalid']}; throughput {speed}")
+    else:
+        console.print(f"pii: {pii_}")
+    lat = results.get("policy_latency")
+    if isinstance(lat, dict):
+        i, o = lat["screen_input_ms"], lat["check_output_ms"]
+        console.print(f"default policy, {lat['runs']} runs: input screen p50 {i['p50']:.3f} ms, "
+                      f"p99 {i['p99']:.3f} ms; output check p50 {o['p50']:.3f} ms, "
+                      f"p99 {o['p99']:.3f} ms")
+    else:
+        console.print(f"policy latency: {lat}")
 
 
 def main() -> None:
@@ -412,6 +430,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="only the first N prompts")
     ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads (model layers)")
     ap.add_argument("--pii-per-kind", type=int, default=50)
+    ap.add_argument("--pii-bytes", type=int, default=1_000_000,
+                    help="size of the text the PII and secrets throughput is measured on")
     ap.add_argument("--policy-runs", type=int, default=200)
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
@@ -446,7 +466,7 @@ def main() -> None:
     results["combinations"] = {name: combine(name, parts, flags, rows)
                                for name, parts in COMBOS.items()}
     write(results, out)
-    results["pii"] = pii(args.pii_per_kind, seed=0)
+    results["pii"] = pii(args.pii_per_kind, seed=0, text_bytes=args.pii_bytes)
     write(results, out)
     results["policy_latency"] = policy_latency(args.policy_runs)
     write(results, out)

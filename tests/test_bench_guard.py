@@ -245,8 +245,8 @@ def test_a_small_run_writes_the_promised_json(tmp_path: Path) -> None:
     out = tmp_path / "guard.json"
     proc = subprocess.run(
         [sys.executable, str(BENCH / "guard.py"), "--limit", "12", "--layers",
-         "injection,unicode", "--out", str(out), "--pii-per-kind", "2", "--policy-runs", "5",
-         "--no-progress"],
+         "injection,unicode", "--out", str(out), "--pii-per-kind", "2", "--pii-bytes", "20000",
+         "--policy-runs", "5", "--no-progress"],
         cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "guard layers on 12 prompts" in proc.stdout
