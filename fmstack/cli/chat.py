@@ -12,7 +12,9 @@ drops that user message, so the conversation can go on; bad flags fail before th
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
 
 from fmstack.cli import common
 from fmstack.cli.common import (
@@ -51,6 +53,10 @@ def chat(
     seed: Seed = None,
     max_tokens: MaxTokens = None,
     stop: Stop = None,
+    guard: Annotated[str | None, typer.Option(
+        "--guard", metavar="POLICY", help="Screen every turn and reply with a guard policy: "
+        "default, strict, audit or a YAML file. A blocked turn is refused and not kept.")
+    ] = None,
 ) -> None:
     """Chat with a model, turn by turn (/system TEXT, /reset, /exit)."""
     sampling = dict(
@@ -60,10 +66,20 @@ def chat(
     )
     with common.user_errors():
         params = common.sampling_params(sampling, common.flag_names())
+        policy = None
+        if guard is not None:
+            from fmstack.guard import load_policy
+
+            policy = load_policy(guard)
         from fmstack.models import load_model
 
-        m = load_model(model)
-    with m:
+        loaded = load_model(model)
+    with loaded:
+        m: Any = loaded
+        if policy is not None:
+            from fmstack.guard import guarded
+
+            m = guarded(loaded, policy)
         _loop(m, params, system)
 
 
