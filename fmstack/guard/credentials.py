@@ -45,6 +45,7 @@ from typing import ClassVar
 
 from fmstack.errors import ConfigError
 from fmstack.guard.core import Finding
+from fmstack.guard.pii import non_overlapping
 
 _TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 
@@ -87,9 +88,9 @@ _PROVIDERS: tuple[_Provider, ...] = (
 )
 
 _JWT_RE = re.compile(r"eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*"
-                     r"(?![A-Za-z0-9_\-.])")
+                     r"(?![A-Za-z0-9_\-]|\.[A-Za-z0-9_\-])")
 _PEM_BEGIN_RE = re.compile(r"-----BEGIN ((?:[A-Z0-9]+ ){0,3}PRIVATE KEY(?: BLOCK)?)-----")
-_PEM_BODY_RE = re.compile(r"[A-Za-z0-9+/=\s]*")
+_PEM_BODY_RE = re.compile(r"(?:[ \t\r]*\n[ \t]*[A-Za-z0-9+/=]{16,})*")  # base64 lines
 _PEM_MAX = 20_000  # longer than any RSA-16384 key in PEM
 
 _AWS_SECRET_RE = re.compile(
@@ -149,10 +150,8 @@ class SecretsScanner:
                 *self._assignments(text)]
         wanted = set(self.kinds)
         hits = [h for h in hits if h.kind in wanted]
-        chosen: list[_Hit] = []
-        for h in sorted(hits, key=lambda h: (-h.specificity, -h.score, h.start)):
-            if not any(h.start < c.end and c.start < h.end for c in chosen):
-                chosen.append(h)
+        ranked = sorted(hits, key=lambda h: (-h.specificity, -h.score, h.start))
+        chosen = [ranked[i] for i in non_overlapping([(h.start, h.end) for h in ranked])]
         chosen.sort(key=lambda h: h.start)
         return [Finding(self.name, h.kind, h.start, h.end, h.score, h.detail) for h in chosen]
 
@@ -188,10 +187,13 @@ class SecretsScanner:
 
     def _pems(self, text: str) -> list[_Hit]:
         out = []
+        next_end: dict[str, int] = {}  # END marker -> its next position (-1: none left)
         for m in _PEM_BEGIN_RE.finditer(text):
             end_marker = f"-----END {m.group(1)}-----"
-            end = text.find(end_marker, m.end(), m.end() + _PEM_MAX)
-            if end >= 0:
+            end = next_end.get(end_marker, -2)
+            if end != -1 and end < m.end():  # one search per marker and stretch: linear time
+                end = next_end[end_marker] = text.find(end_marker, m.end())
+            if 0 <= end <= m.end() + _PEM_MAX:
                 out.append(_Hit(m.start(), end + len(end_marker), "secret.private_key", 1.0,
                                 f"PEM {m.group(1).lower()} block", 4))
             else:

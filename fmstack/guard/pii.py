@@ -41,6 +41,7 @@ of four; national IDs of countries not listed in ``KINDS``; e-mail addresses obf
 
 from __future__ import annotations
 
+import bisect
 import importlib
 import ipaddress
 import re
@@ -223,8 +224,27 @@ _IBAN_RE = re.compile(
 )
 
 
+_IBAN_LENGTHS: dict[str, int] = {}
+
+
+def _iban_length(cc: str) -> int:
+    """The IBAN length for a country code (0: not an IBAN country; -1: unknown, when stdnum's
+    registry has another shape than the one read here), from stdnum's registry."""
+    if not _IBAN_LENGTHS:
+        try:
+            numdb = _std("numdb").get("iban")
+            for _, low, _, props, _ in numdb.prefixes:  # (length, low, high, props, children)
+                spec = props.get("bban", "")
+                _IBAN_LENGTHS[low] = 4 + sum(int(n) for n in re.findall(r"(\d+)!", spec))
+        except (AttributeError, TypeError, ValueError):
+            _IBAN_LENGTHS["?"] = -1
+    return _IBAN_LENGTHS.get("?", _IBAN_LENGTHS.get(cc, 0))
+
+
 def _check_iban(s: str) -> tuple[float, str] | None:
-    if not _std("iban").is_valid(s):
+    # the length check first: stdnum's full validation is slow on long runs of look-alikes
+    length = _iban_length(s[:2])
+    if (length >= 0 and len(s) - s.count(" ") != length) or not _std("iban").is_valid(s):
         return None
     return 1.0, f"IBAN ({s[:2]}) with a valid mod-97 checksum"
 
@@ -451,18 +471,28 @@ class PIIScanner:
         return found
 
     def scan(self, text: str) -> list[Finding]:
-        chosen: list[_Candidate] = []
-        taken: list[tuple[int, int]] = []
         ranked = sorted(self._candidates(text),
                         key=lambda c: (-c.score, -c.detector.specificity, c.start - c.end))
-        for c in ranked:
-            if any(c.start < e and s < c.end for s, e in taken):
-                continue
-            chosen.append(c)
-            taken.append((c.start, c.end))
+        chosen = [ranked[i] for i in non_overlapping([(c.start, c.end) for c in ranked])]
         chosen.sort(key=lambda c: c.start)
         return [Finding(self.name, c.detector.kind, c.start, c.end, round(c.score, 3), c.detail)
                 for c in chosen]
+
+
+def non_overlapping(spans: list[tuple[int, int]]) -> list[int]:
+    """Indices of the spans kept when each, in order of preference, is kept unless it overlaps
+    one kept before; O(n log n) plus list inserts, so thousands of candidates stay cheap."""
+    starts: list[int] = []
+    ends: list[int] = []
+    kept: list[int] = []
+    for i, (s, e) in enumerate(spans):
+        j = bisect.bisect_right(starts, s)
+        if (j > 0 and ends[j - 1] > s) or (j < len(starts) and starts[j] < e):
+            continue
+        starts.insert(j, s)
+        ends.insert(j, e)
+        kept.append(i)
+    return kept
 
 
 def _shorter(det: _Detector, value: str, start: int) -> tuple[int, int, tuple[float, str] | None]:
