@@ -159,6 +159,39 @@ def test_grammars_per_sequence_in_one_batch(engine: EngineModel) -> None:
     assert outs[2].choices[0].parsed is None and outs[2].text
 
 
+def test_a_grammar_that_dead_ends_fails_alone(engine: EngineModel, reference: object) -> None:
+    from fmstack.errors import ConfigError
+    from fmstack.models.types import RegexFormat
+
+    # After "hello" the pattern wants a character from an empty class: no token can follow.
+    # llama.cpp aborts the process if a token is accepted there; the engine must refuse it
+    # and keep serving the sequences decoding beside it.
+    dead = ask("Say hello.", temperature=0, max_tokens=8,
+               response_format=RegexFormat(pattern="hello[^\\x00-\\x7f\\x80-\\U0010ffff]"))
+    others = [ask(f"Write a short story about a {w}.", temperature=0, max_tokens=16)
+              for w in WORDS[:3]]
+    results: dict[int, object] = {}
+
+    def run(i: int, request: Request) -> None:
+        try:
+            results[i] = list(engine.stream(request))[-1].completion
+        except Exception as e:
+            results[i] = e
+
+    threads = [threading.Thread(target=run, args=(i, r)) for i, r in enumerate([dead, *others])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert isinstance(results[0], ConfigError) and "allows no token" in str(results[0])
+    expected = reference.generate(others)  # type: ignore[attr-defined]
+    assert [results[i].text for i in (1, 2, 3)] == [c.text for c in expected]  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="allows no token"):  # the engine still serves
+        engine.complete(dead)
+    with pytest.raises(ConfigError, match="allows no token"):  # and so does the plain backend
+        reference.complete(dead)  # type: ignore[attr-defined]
+
+
 @pytest.mark.slow
 def test_a_shared_prefix_is_reused_exactly() -> None:
     model = load_model(f"engine:{smollm2_gguf()}", parallel=2, n_ctx=2 * 2048, n_threads=2,

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import math
 import os
 import threading
 import time
@@ -484,7 +485,13 @@ class LlamaCppModel(Model):
         ll.llama_sampler_apply(chain, ctypes.byref(arr))
         if not 0 <= arr.selected < arr.size:
             raise RuntimeError("the llama.cpp sampler selected no token")
-        token = int(arr.data[arr.selected].id)
+        chosen = arr.data[arr.selected]
+        if chosen.logit == -math.inf:
+            # The grammar allowed no token at all (a dead end, e.g. an empty character class):
+            # accepting one would make llama.cpp abort the whole process, so stop this sample.
+            raise ConfigError("the response_format's grammar allows no token at this point "
+                              "(it can never be satisfied); check the pattern or schema")
+        token = int(chosen.id)
         ll.llama_sampler_accept(chain, token)
         return token
 
