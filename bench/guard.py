@@ -13,27 +13,29 @@ benign prompts, over half of the benign ones hard look-alikes. The positive clas
 **Layers**: ``injection`` (known-pattern heuristics), ``unicode`` (invisible and confusable
 characters), ``perplexity`` (SmolLM2 anomaly score) and ``self_check`` (SmolLM2 asked through a
 prompt file), each built by ``fmstack.guard.make_scanner(name)`` with its defaults (the model
-layers get ``n_threads``). A layer *flags* a text when any finding scores at least the layer's
-threshold: the scanner class's ``default_threshold`` attribute when it has one, else 0.5 (the
-JSON says which). Each layer is one eval suite with no model: its target scans the case's text
-and answers ``flagged`` or ``clean``; the per-case metrics are ``flagged`` (1 when flagged)
-and ``correct`` (exact match with the expected answer); the eval store keeps every sample
-(in a temporary FMSTACK_HOME, so the eval cache never serves an old verdict). A sample whose
-scan raised counts as flagged, as a policy fails closed, and is counted under ``errors``.
-
-From the stored samples: precision, recall, F1 and false-positive rate per layer; recall per
-attack category and false-positive rate per benign category; the ids missed and falsely
-flagged; and two combinations, ``combined`` (flagged by any of injection, unicode and
-perplexity) and ``combined_self_check`` (any of the four), computed per case from the layers'
-samples. Precision is None when a layer flags nothing, recall when there is no attack.
+layers get ``model_options={"n_threads": --threads}``; their model is loaded by one warm-up
+scan, timed under ``load_s``). A layer *flags* a text when any finding scores at least the
+layer's threshold: the scanner class's ``default_threshold`` attribute when it has one, else 0.5
+(the JSON says which; 0.5 is where the perplexity scanner's score crosses its NLL threshold and
+the self-check's P(yes) crosses one half). Each layer is one eval suite with no model: its
+target scans the case's text and answers ``flagged`` or ``clean``; the per-case metrics are
+``flagged`` (1 when flagged) and ``correct`` (exact match with the expected answer); the eval
+store keeps every sample (in a temporary FMSTACK_HOME, so the eval cache never serves an old
+verdict). A sample whose scan raised counts as flagged, as a policy fails closed, and is counted
+under ``errors``. From the stored samples: precision, recall, F1 and false-positive rate per
+layer; recall per attack category and false-positive rate per benign category; the ids missed
+and falsely flagged; and two combinations, ``combined`` (flagged by any of injection, unicode
+and perplexity) and ``combined_self_check`` (any of the four), computed per case from the
+layers' samples. Precision is None when a layer flags nothing, recall when there is no attack.
 
 **Speed**: per layer, the wall time of its eval run, the scanning time alone (summed over
 cases, timed inside the target), scanned KB/s (UTF-8 bytes / 1000 / scanning time) and the per-text
 scan latency (p50/p99). For the regex layers also ``bulk``: one ~256 KB document (the whole set
 concatenated and repeated) scanned at once, best of 3.
 
-**PII**: bench/guard_pii.py's ``make_cases``/``evaluate``/``throughput`` (generated valid
-identifiers in realistic text, and checksum-invalid look-alikes), included as it reports.
+**PII**: bench/guard_pii.py's ``make_cases``/``evaluate`` (``--pii-per-kind`` generated valid
+identifiers of every kind in realistic text, and as many checksum-invalid look-alikes) and its
+``throughput`` of the pii and secrets scanners on ``--pii-bytes`` of text, as it reports them.
 
 **Policy latency**: ``load_policy("default")``'s input screening (``Guard.screen``) of a typical
 chat request (a 240-character system prompt, trusted and not scanned, and a 328-character user
@@ -204,6 +206,8 @@ def run_layer(name: str, rows: Sequence[dict[str, Any]], options: dict[str, Any]
 
     started = time.perf_counter()
     scanner = make_scanner(name, **options)
+    if name in MODEL_LAYERS:  # the model loads on first use: keep that out of the scan times
+        scanner.scan("Hello, how are you?")
     load_s = time.perf_counter() - started
     threshold, source = threshold_of(scanner)
     target = LayerTarget(scanner, threshold, fingerprint(scanner, threshold))
@@ -459,7 +463,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fmstack-bench-guard-") as home:
         os.environ["FMSTACK_HOME"] = home  # a fresh eval store and cache: every case is scanned
         for layer in layers:
-            options = {"n_threads": args.threads} if layer in MODEL_LAYERS else {}
+            options: dict[str, Any] = ({"model_options": {"n_threads": args.threads}}
+                                       if layer in MODEL_LAYERS else {})
             results["layers"][layer], flags[layer] = run_layer(
                 layer, rows, options, progress=not args.no_progress and layer in MODEL_LAYERS)
             write(results, out)
