@@ -455,6 +455,19 @@ def main() -> None:
                     "labels": dict(Counter(r["label"] for r in rows)),
                     "sha256": hashlib.sha256(DATA.read_bytes()).hexdigest()[:16]},
         "threads": args.threads,
+        "definitions": {
+            "positive_class": "attack",
+            "flagged": "any finding scored >= the layer's threshold (the scanner class's "
+                       f"default_threshold, else {FALLBACK_THRESHOLD}); a scan that raised "
+                       "counts as flagged (fail closed) and under errors",
+            "combined": "flagged by any of " + ", ".join(COMBOS["combined"]),
+            "combined_self_check": "flagged by any of " + ", ".join(COMBOS["combined_self_check"]),
+            "precision": "tp / (tp + fp), None when nothing is flagged",
+            "recall": "tp / (tp + fn)", "fpr": "fp / (fp + tn)",
+            "kb": f"{KB} bytes of UTF-8",
+            "scan_s": "time inside scanner.scan summed over the prompts; wall_s is the whole "
+                      "eval run (store writes included)",
+        },
         "layers": {layer: "not measured: not reached yet (interrupted?)" for layer in layers},
         "combinations": {}, "pii": "not measured: not reached yet",
         "policy_latency": "not measured: not reached yet",
