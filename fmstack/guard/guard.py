@@ -12,6 +12,7 @@ out, and records what it did. It is configured by a policy file:
       - {scanner: secrets, action: redact}
     vault: true       # redactions are reversible: the model sees <EMAIL_1>, the user the address
     reask: 1          # an output a rule blocks is sent back once with the reason, then blocked
+    spotlight: datamark   # tool output is marked as data (delimit | datamark | encode)
     max_chars: 1000000
 
 ``load_policy("default")`` loads a built-in policy (``fmstack/guard/policies/*.yaml``);
@@ -40,6 +41,7 @@ from fmstack.guard.core import (
     rules_from_config,
 )
 from fmstack.guard.output import CanaryScanner
+from fmstack.guard.spotlight import Spotlight
 from fmstack.models.base import Model
 from fmstack.models.types import Completion, Delta, Message, Request
 
@@ -53,7 +55,7 @@ SCANNED_ROLES = ("user", "tool")
 # Characters a guarded stream holds back, so that a match still being written (a key, an
 # e-mail address) is redacted or blocked before any of it leaves.
 STREAM_HOLDBACK = 96
-_POLICY_KEYS = {"input", "output", "vault", "reask", "max_chars", "description"}
+_POLICY_KEYS = {"input", "output", "vault", "reask", "max_chars", "spotlight", "description"}
 
 
 @dataclass
@@ -76,6 +78,8 @@ class Guard:
     vault: bool = False
     reask: int = 0
     name: str = "custom"
+    # Tool output (role "tool") is transformed so the model can tell it is data (spotlight.py).
+    spotlight: Spotlight | None = None
 
     def __post_init__(self) -> None:
         if self.reask < 0:
@@ -94,7 +98,7 @@ class Guard:
         """Apply the input policy to the request's untrusted text; plant the canary. Raises
         GuardBlocked (with ``.record``) when a rule blocks."""
         vault = _new_vault() if self.vault else None
-        policy = dataclasses.replace(self.input, redactor=vault) if vault is not None else self.input
+        policy = self.input if vault is None else dataclasses.replace(self.input, redactor=vault)
         verdicts: list[dict[str, Any]] = []
 
         def check(text: str, where: str) -> str:
@@ -115,8 +119,18 @@ class Guard:
                 if m.role in SCANNED_ROLES else m
                 for i, m in enumerate(request.messages or [])
             ]
-            new = self.plant(request.model_copy(update={"messages": messages}))
+            new = self.plant(self._spotlit(request.model_copy(update={"messages": messages})))
         return Screened(new, verdicts, vault)
+
+    def _spotlit(self, request: Request) -> Request:
+        messages = request.messages or []
+        if self.spotlight is None or not any(m.role == "tool" for m in messages):
+            return request
+        spot = self.spotlight
+        marked = [m.model_copy(update={"content": spot.apply(m.content)}) if m.role == "tool"
+                  else m for m in messages]
+        return request.model_copy(update={"messages": _with_system_line(marked,
+                                                                        spot.instructions())})
 
     def plant(self, request: Request) -> Request:
         """``request`` with the canary line added to its system prompt (a chat request when
@@ -128,12 +142,7 @@ class Guard:
 
     def _planted(self, messages: list[Message]) -> list[Message]:
         assert self.canary is not None
-        line = self.canary.instruction()
-        if messages and messages[0].role == "system":
-            first = messages[0]
-            return [first.model_copy(update={"content": f"{first.content}\n\n{line}"}),
-                    *messages[1:]]
-        return [Message(role="system", content=line), *messages]
+        return _with_system_line(messages, self.canary.instruction())
 
     # ----- output -------------------------------------------------------------------------
 
@@ -243,8 +252,19 @@ def guard_from_config(data: Any, *, name: str = "custom", where: str = "policy")
             raise ConfigError(f"{where}: {side} must be a list of rules")
         policies[side] = Policy(rules_from_config(entries, f"{where}: {side}"),
                                 max_chars=max_chars)
+    spot = data.get("spotlight")
+    if spot is not None and not isinstance(spot, str | dict):
+        raise ConfigError(f"{where}: spotlight must be a mode (delimit, datamark, encode) or "
+                          f"a mapping of Spotlight options")
+    spotlight = None
+    if spot is not None:
+        options = {"mode": spot} if isinstance(spot, str) else spot
+        try:
+            spotlight = Spotlight(**{"source": "tool_output", **options})
+        except TypeError as e:
+            raise ConfigError(f"{where}: spotlight: {e}") from e
     return Guard(policies["input"], policies["output"], vault=bool(data.get("vault", False)),
-                 reask=reask, name=name)
+                 reask=reask, name=name, spotlight=spotlight)
 
 
 def _new_vault() -> Any:
@@ -342,6 +362,15 @@ class OutputStream:
 def guarded(model: Model, guard: Guard | str | Path) -> GuardedModel:
     """``model`` with ``guard`` (a Guard, or a policy name or file) on every call."""
     return GuardedModel(model, guard if isinstance(guard, Guard) else load_policy(guard))
+
+
+def _with_system_line(messages: list[Message], line: str) -> list[Message]:
+    """``messages`` with ``line`` appended to the system message (one is added if none)."""
+    if messages and messages[0].role == "system":
+        first = messages[0]
+        return [first.model_copy(update={"content": f"{first.content}\n\n{line}"}),
+                *messages[1:]]
+    return [Message(role="system", content=line), *messages]
 
 
 def _set_guard(tracer: TraceStore | None, completion: Completion,
