@@ -244,7 +244,8 @@ def test_a_megabyte_and_pathological_inputs_scan(pii: PIIScanner,
     # long runs that make naive regexes backtrack: these would hang if scanning were not linear
     for bad in ["1 " * 200_000, "a" * 200_000 + "@", "1." * 200_000, "a:" * 200_000,
                 "AB12 " * 100_000, "-----BEGIN RSA PRIVATE KEY-----" * 20_000,
-                "password=" * 100_000, "eyJ" + "a" * 300_000]:
+                "password=" * 100_000, "eyJ" + "a" * 300_000, "@" * 200_000, "a@" * 100_000,
+                "a.b@c." * 30_000, "ghp_" * 100_000]:
         pii.scan(bad)
         secrets_scanner.scan(bad)
 

@@ -17,6 +17,9 @@ model still sees that two mentions are the same person. ``restore`` replaces eve
 placeholder the vault knows, in any order and as often as the model repeats it; placeholders
 it does not know (the model invented ``<EMAIL_9>``) are left as they are.
 
+Known gap: a text that already contains a placeholder the vault knows (a user typing
+"<EMAIL_1>" literally) is restored too, so that one round trip is not exact.
+
 The vault holds the originals: keep it server-side (``to_json``/``from_json`` to store one
 per conversation) and never send it to the model. All methods are thread-safe.
 """
