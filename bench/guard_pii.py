@@ -8,9 +8,10 @@ random (check digits computed with python-stdnum's ``calc_check_digit(s)`` where
 otherwise with the published algorithm, and every value confirmed by stdnum's ``is_valid``),
 writes each in one of its usual formats (with and without separators), and embeds it in a
 sentence from varied templates (e-mails, support tickets, forms, chat messages, CSV rows, log
-lines; some name the kind, some do not). For checksummed kinds (and the structural US SSN and
-IPv4 rules) it adds as many look-alikes with one digit changed (or a rule broken), each
-confirmed invalid by the same reference.
+lines; for the short all-digit IDs every template names the kind, as forms and tickets do;
+``--unlabelled`` drops every label, the harder variant). For checksummed kinds (and the
+structural US SSN and IPv4 rules) it adds as many look-alikes with one digit changed (or a
+rule broken), each confirmed invalid by the same reference.
 
 ``evaluate`` reports per kind: recall (a finding of the right kind overlapping the value),
 exact-span rate, false positives on the look-alikes (a finding of *that* kind on the value),
@@ -343,9 +344,13 @@ def invalid_lookalike(kind: str, value: str, rng: random.Random) -> str | None:
     return None
 
 
-def _sentence(rng: random.Random, kind: str, value: str) -> tuple[str, int]:
+def _sentence(rng: random.Random, kind: str, value: str,
+              labels: bool = True) -> tuple[str, int]:
     label = rng.choice(LABELS[kind])
-    templates = TEMPLATES_LABELLED + (TEMPLATES_PLAIN if kind in _STRONG_KINDS else [])
+    if not labels:
+        templates = TEMPLATES_PLAIN
+    else:
+        templates = TEMPLATES_LABELLED + (TEMPLATES_PLAIN if kind in _STRONG_KINDS else [])
     template = rng.choice(templates)
     fields = {"label": label, "Label": label[0].upper() + label[1:],
               "col": label.lower().replace(" ", "_").replace("(", "").replace(")", ""),
@@ -366,9 +371,11 @@ _STRONG_KINDS = {"email", "phone", "credit_card", "iban", "ip_address", "nationa
 _BBAN_RE = re.compile(r"(\d+)!([nac])")
 
 
-def make_cases(per_kind: int = 50, seed: int = 0) -> list[dict[str, Any]]:
+def make_cases(per_kind: int = 50, seed: int = 0, labels: bool = True) -> list[dict[str, Any]]:
     """``per_kind`` valid identifiers of every kind in sentences, plus as many invalid
-    look-alikes of every checksummed (or rule-checked) kind; see the module docstring."""
+    look-alikes of every checksummed (or rule-checked) kind; see the module docstring.
+    ``labels=False`` puts every value in a sentence that does not name its kind (the harder
+    variant: a bare short number can be several kinds)."""
     rng = random.Random(seed)
     cases: list[dict[str, Any]] = []
     for kind in KINDS:
@@ -377,7 +384,7 @@ def make_cases(per_kind: int = 50, seed: int = 0) -> list[dict[str, Any]]:
             value = gen(rng)
             if not reference_valid(kind, value):
                 raise AssertionError(f"generated {kind} {value!r} is invalid by the reference")
-            text, start = _sentence(rng, kind, value)
+            text, start = _sentence(rng, kind, value, labels)
             cases.append({"text": text, "kind": kind, "value": value, "start": start,
                           "end": start + len(value), "valid": True})
         if kind in ("email", "phone"):
@@ -387,7 +394,7 @@ def make_cases(per_kind: int = 50, seed: int = 0) -> list[dict[str, Any]]:
             bad = invalid_lookalike(kind, gen(rng), rng)
             if bad is None:
                 continue
-            text, start = _sentence(rng, kind, bad)
+            text, start = _sentence(rng, kind, bad, labels)
             cases.append({"text": text, "kind": kind, "value": bad, "start": start,
                           "end": start + len(bad), "valid": False})
             made += 1
@@ -499,8 +506,10 @@ def main() -> None:
     ap.add_argument("--per-kind", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bytes", type=int, default=1_000_000)
+    ap.add_argument("--unlabelled", action="store_true",
+                    help="no sentence names its kind (the harder variant)")
     args = ap.parse_args()
-    cases = make_cases(args.per_kind, args.seed)
+    cases = make_cases(args.per_kind, args.seed, labels=not args.unlabelled)
     result = evaluate(cases)
     print(f"{'kind':32s} {'recall':>7s} {'exact':>7s} {'redact':>7s} {'FP':>7s} {'other':>6s}")
     for kind, row in result["kinds"].items():

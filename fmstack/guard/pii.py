@@ -314,11 +314,15 @@ def _phone_shape(s: str) -> tuple[float, str] | None:
         return 0.8, "international phone number (00 prefix)"
     if s.startswith("(") and 9 <= n <= 12:
         return 0.75, "phone number with area code"
+    if sizes == [3, 3, 4] and " " in s and "(" not in s:
+        # NHS numbers are written this way too: a mod-11-valid one (score 0.6) wins
+        return 0.55, "phone number (3-3-4 digits, also the NHS number layout)"
     nanp = sizes == [3, 3, 4] or (sizes == [1, 3, 3, 4] and groups[0] == "1")
     if nanp and groups[-3][0] in "23456789":
         return 0.65, "North American phone number"
     if (groups[0].startswith("0") and 2 <= len(groups[0]) <= 5 and 9 <= n <= 12
-            and sizes != [3, 2, 4]  # the SSN shape
+            and sizes != [3, 2, 4]  # the SSN layout
+            and not (sizes == [4, 2, 3] and "." in s)  # the BSN layout
             and 2 <= len(groups) <= 5 and min(sizes[1:]) >= 2):
         return 0.7, "national phone number (trunk prefix 0)"
     if sizes == [3, 4] and "-" in s and groups[0][0] in "23456789":
@@ -390,7 +394,7 @@ _DETECTORS: tuple[_Detector, ...] = (
               0.95, 30),
     _Detector("phone", _PHONE_RE, _phone_shape,
               _ctx(r"phone|tel|telephone|mobile|cell|call|fax|whatsapp|sms|ring|text me|"
-                   r"contact|reach me|t\.|m\."), 0.9, 10, needs_context_below=0.6),
+                   r"contact|reach me|t\.|m\."), 0.9, 10, needs_context_below=0.55),
 )
 
 # Every kind the scanner can report; national IDs can also be selected as a group.
