@@ -186,6 +186,13 @@ PATTERNS: tuple[Pattern, ...] = (
        r"objective|directive|purpose|mission|job|role|orders)\s+(?:is|are|will\s+be|now\s+is)\b",
        anchors=("instruction", "task", "goal", "objective", "directive", "purpose", "mission",
                 "job", "role", "order")),
+    _p("injection.override", 0.7, "the model's instructions declared changed",
+       r"\byour\s+(?:instructions|task|goal|orders|directives?|job|purpose)\s+(?:is|are)\s+now"
+       r"\s*(?:to\b|:)",
+       anchors=("your",), reach=80),
+    _p("injection.override", 0.6, "an order to drop everything",
+       r"\bstop\s+everything\b[\s!.]*(?:now\b[\s!.]*)?(?:just\s+)?(?:print|say|output|write|"
+       r"respond)\b", anchors=("stop",), reach=80),
     _p("injection.override", 0.6, "a block of replacement instructions",
        r"\b(?:new|updated|revised|real|actual|override|overriding|additional\s+secret)\s+"
        r"(?:system\s+)?(?:instructions?|directives?|rules|orders)\s*:",
@@ -225,6 +232,10 @@ PATTERNS: tuple[Pattern, ...] = (
        r"\b(?:what|which)\s+(?:instructions|rules)\s+(?:were\s+you|have\s+you\s+been)\s+"
        r"(?:given|told|programmed)",
        anchors=("prompt", "instruction", "rules")),
+    _p("injection.prompt_leak", 0.7, "a question about the instructions the model was given",
+       r"\b(?:what|which)\s+(?:were|are)\s+(?:the|your)\s+(?:\w+\s+)?(?:instructions|rules|"
+       r"guidelines|prompt)\s+(?:that\s+)?you\s+(?:were|have\s+been)\s+(?:given|told|programmed)",
+       anchors=("given", "told", "programmed")),
     _p("injection.prompt_leak", 0.6, "the classic leak cue 'starting with You are'",
        r"\b(?:starting|beginning)\s+with\s+(?:the\s+(?:phrase|words?)\s+)?[\"'“‘]?you\s+are\b",
        anchors=("starting", "beginning")),
@@ -242,10 +253,15 @@ PATTERNS: tuple[Pattern, ...] = (
     _p("injection.role_markup", 0.6, "a fake system or instructions tag",
        r"</?(?:system|sys|system_prompt|system-prompt|instructions?|admin|developer)\s*>",
        anchors=("sys", "instruction", "admin", "developer")),
-    _p("injection.role_markup", 0.55, "a markdown heading posing as a role turn",
-       r"(?:^|\n)[ \t]*#{1,4}[ \t]*(?:system|instructions?|new\s+instructions|assistant|"
-       r"response)[ \t]*(?:prompt|message)?[ \t]*:",
+    _p("injection.role_markup", 0.6, "a markdown heading posing as a system turn",
+       r"(?:^|\n)[ \t]*#{1,4}[ \t]*system[ \t]*(?:prompt|message)?[ \t]*(?::|#{1,4})",
        anchors=("#",)),
+    _p("injection.role_markup", 0.55, "a prompt-template section marker",
+       r"(?:^|\n)[ \t]*#{1,4}[ \t]*(?:instructions?|new\s+instructions|assistant|response)"
+       r"[ \t]*#{2,4}", anchors=("#",)),
+    _p("injection.role_markup", 0.4, "a markdown heading naming a prompt section",
+       r"(?:^|\n)[ \t]*#{1,4}[ \t]*(?:instructions?|new\s+instructions|assistant|response)"
+       r"[ \t]*:", anchors=("#",)),
     _p("injection.role_markup", 0.5, "a role turn written into the text",
        r"(?:^|\n)[ \t]*(?:system|assistant|developer|admin)[ \t]*:",
        anchors=("system", "assistant", "developer", "admin")),
@@ -363,6 +379,16 @@ PATTERNS: tuple[Pattern, ...] = (
        r"content\s+|safety\s+)?(?:restrictions|filters|guidelines|limitations|constraints|"
        r"censorship|boundaries|rules|morals|ethics|principles|limits)",
        anchors=("you",)),
+    _p("jailbreak.persona", 0.65, "an AI described as having no rules",
+       r"\b(?:you\s+are|you'?re|you\s+will\s+be|act\s+as|acting\s+as|respond\s+as|"
+       r"pretend\s+(?:to\s+be|you\s+are)|become|play|role-?play\s+as|behave\s+(?:as|like))\s+"
+       r"(?:[\w'-]+\s+){0,4}?(?:ai|a\.i\.|assistant|model|chatbot|bot|version\s+of\s+"
+       r"(?:you|yourself))\s+"
+       r"(?:[\w'-]+\s+){0,3}?(?:with\s+no|without(?:\s+any)?|that\s+has\s+no|who\s+has\s+no|"
+       r"free\s+of)\s+(?:[\w'-]+\s+)?(?:rules|restrictions|filters|limits|limitations|guidelines|"
+       r"ethics|morals|content\s+polic(?:y|ies)|censorship|boundaries)\b",
+       anchors=("rules", "restriction", "filters", "limit", "guidelines", "ethics", "morals",
+                "polic", "censorship", "boundaries")),
     _p("jailbreak.persona", 0.7, "the model asked to imagine it has no rules",
        r"\b(?:pretend|imagine|act\s+as\s+if|act\s+like|behave\s+as\s+if|suppose)\s+(?:that\s+)?"
        r"you\s+(?:are|were|have|had)\s+(?:no\s+(?:rules|restrictions|filters|limits|guidelines|"
@@ -471,8 +497,8 @@ _TOPIC_STRONG = re.compile(rf"\b{_HARM_STRONG}\b")
 _TOPIC_WEAK = re.compile(rf"\b{_HARM_WEAK}\b")
 _GRANDMA = re.compile(  # begins at a word boundary, checked in code (see _p)
     r"(?:my\s+)?(?:late|deceased|dead|dear\s+departed)\s+(?:grandmother|grandma|granny|"
-    r"grandfather|grandpa|mother|father)\s+(?:who\s+)?(?:used\s+to|would)\s+(?:tell|read|sing|"
-    r"explain|recite)"
+    r"grandfather|grandpa|mother|father)\b[^\n]{0,200}?\b(?:used\s+to|would)\s+(?:tell|read|"
+    r"sing|explain|recite)"
 )
 _FRAME_ANCHORS = ("novel", "story", "screenplay", "movie", "film", "book", "fiction", "role",
                   "play", "game", "script", "thriller", "hypothetical", "experiment",
@@ -494,7 +520,7 @@ _DISCUSSION = re.compile(
     r"posted|posts|asked|asks|told|contained|contains|included|includes)|tried|attempt\w*|"
     r"how\s+(?:do|can|should|would|to|does)|what\s+(?:is|are|does|happens|if)|why\s+(?:do|does|"
     r"is|are)|defend\w*|prevent\w*|detect\w*|mitigat\w*|protect\w*|vulnerab\w*|"
-    r"exploit(?:s|ed|ing)?|classic|technique|examples?|filter\w*|classifier)\b"
+    r"exploit(?:s|ed|ing)?|classic|technique|an\s+example|classifier)\b"
 )
 _BEFORE, _AFTER = 160, 80
 
@@ -605,7 +631,9 @@ class InjectionScanner:
                 continue
             reach = norm[m.end():m.end() + _FRAME_REACH]
             strong = _TOPIC_STRONG.search(reach)
-            score = 0.8 if strong else 0.6
+            weak = _TOPIC_WEAK.search(reach)
+            # The frame alone is a family memory; with a dangerous topic it is the exploit.
+            score = 0.8 if strong else 0.45 if weak else 0.35
             end = m.end() + strong.end() if strong else m.end()
             yield Finding(self.name, "jailbreak.hypothetical", *at(m.start(), end), score,
                           "a late-relative story used as a frame for a request")
