@@ -364,12 +364,12 @@ _DETECTORS: tuple[_Detector, ...] = (
          85, 1.0),
     _nid("it_codice_fiscale",
          r"[A-Z](?<!\w[A-Z])[A-Z]{5}[\dLMNPQRSTUV]{2}[ABCDEHLMPRST][\dLMNPQRSTUV]{2}[A-Z]"
-               r"[\dLMNPQRSTUV]{3}[A-Z]" + _WA,
+         r"[\dLMNPQRSTUV]{3}[A-Z]" + _WA,
          _stdnum_check("it.codicefiscale", 0.95, 0.95,
                        "Italian codice fiscale with a valid check letter"), 85, 1.0),
-    _nid("fr_nir", r"[1-478](?<![\w+/@][1-478])(?<!\d[.:\- ][1-478])"
-                        r"(?:\d{4}(?:\d{2}|2[AB])\d{8}"
-                        r"| \d{2} \d{2} (?:\d{2}|2[AB]) \d{3} \d{3} \d{2})" + _NA,
+    _nid("fr_nir",
+         r"[1-478](?<![\w+/@][1-478])(?<!\d[.:\- ][1-478])"
+         r"(?:\d{4}(?:\d{2}|2[AB])\d{8}| \d{2} \d{2} (?:\d{2}|2[AB]) \d{3} \d{3} \d{2})" + _NA,
          _stdnum_check("fr.nir", 0.9, 0.9, "French NIR with a valid mod-97 key"), 85, 1.0),
     _nid("fi_hetu", r"\d(?<!\w\d)\d{5}[-+A-FU-Y]\d{3}[0-9A-FHJ-NPR-Y]" + _WA,
          _stdnum_check("fi.hetu", 0.9, 0.9, "Finnish HETU (date and mod-31 check)"), 75, 1.0),
