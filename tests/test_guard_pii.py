@@ -184,6 +184,7 @@ NOT_PII = [
     "IEEE 754-2008 and ISO 8601:2004 are standards; RFC 5322 defines addresses",
     "pages 10-20 and 2019-2023, tables 3.2.1 and 4.5.6.7.8",
     "int x = 0x7fffffff; long y = 9223372036854775807L;",
+    "CPF 064.446.909-54 (a typo: the check digits fail)",  # nor a phone once "-54" is cut off
 ]
 
 
@@ -200,6 +201,9 @@ def test_overlapping_readings_resolve_to_the_most_specific_kind(pii: PIIScanner)
                      ("iban", "NL91 ABNA 0417 1643 00"),
                      ("national_id.cn_ric", "11010519491231002X"),
                      ("phone", "+31 6 12345678")]
+    # a trailing word-like group is dropped, a trailing "-" group is not
+    text = "call 555-123-4567 2 times"
+    assert only(pii.scan(text), text, "555-123-4567").kind == "phone"
     # a card glued to more digits is one longer number, not a card plus leftovers
     assert pii.scan("ref 4111 1111 1111 1111 2025 9") == []
 

@@ -505,10 +505,11 @@ def non_overlapping(spans: list[tuple[int, int]]) -> list[int]:
 
 
 def _shorter(det: _Detector, value: str, start: int) -> tuple[int, int, tuple[float, str] | None]:
-    """Drop up to two trailing separator-delimited groups until the value validates."""
+    """Drop up to two trailing space-delimited groups until the value validates (a word after
+    the number, "... 4567 2 times"; never a "-" or "." group: "064.446.909-54" is one number)."""
     cut = value
     for _ in range(2):
-        i = max(cut.rfind(" "), cut.rfind("-"), cut.rfind("."))
+        i = cut.rfind(" ")
         if i <= 0:
             break
         cut = cut[:i]
