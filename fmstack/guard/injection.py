@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import codecs
 import re
 import urllib.parse
@@ -77,9 +78,6 @@ DISCUSSED = 0.45
 QUOTED = 0.6
 SUPPORT = 0.5  # how much each other kind found lends to a finding (noisy-OR weight)
 
-# Decoding is bounded so a huge blob cannot multiply the work.
-MAX_BLOBS = 64
-MAX_DECODED = 100_000
 # Texts longer than this are matched in windows around each pattern's anchor words.
 WINDOWED_ABOVE = 20_000
 
@@ -502,7 +500,8 @@ _GRANDMA = re.compile(  # begins at a word boundary, checked in code (see _p)
 )
 _FRAME_ANCHORS = ("novel", "story", "screenplay", "movie", "film", "book", "fiction", "role",
                   "play", "game", "script", "thriller", "hypothetical", "experiment",
-                  "universe", "dream", "pretend", "imagine", "purposes", "world")
+                  "universe", "dream", "pretend", "imagin", "purposes", "world", "parallel",
+                  "made-up", "scenario", "setting", "reality")
 _FRAME_REACH = 400  # characters after a frame in which the dangerous ask must appear
 
 # ----- context: who is speaking to whom -------------------------------------------------------
@@ -523,6 +522,7 @@ _DISCUSSION = re.compile(
     r"exploit(?:s|ed|ing)?|classic|technique|an\s+example|classifier)\b"
 )
 _BEFORE, _AFTER = 160, 80
+_CLOSING_QUOTE = re.compile(r"[\"”»`]")
 
 # ----- decoding ---------------------------------------------------------------------------
 
@@ -535,7 +535,7 @@ _PERCENT = re.compile(r"%[0-9a-fA-F]{2}(?:%[0-9a-fA-F]{2}){7,}")
 _MIN_BLOB = 20
 # rot13 and reversed text are scanned only when a tell-tale word of them is present.
 _ROT13_TELL = re.compile(r"vtaber|qvfertneq|cerivbhf|vafgehpgvbaf|flfgrz\s+cebzcg|"
-                         r"wnvyoernx|qrirybcre\s+zbqr|eriRny|erirny|cergraq")
+                         r"wnvyoernx|qrirybcre\s+zbqr|erirny|cergraq")
 _REVERSED_TELL = re.compile(r"erongi|dragersid|suoiverp|snoitcurtsni|tpmorp\s+metsys|"
                             r"kaerbliaj|edom\s+repoleved|laever")
 
@@ -560,7 +560,7 @@ def _is_quoted(norm: str, start: int, end: int) -> bool:
     before = norm[line_start:start]
     opened = (before.count('"') % 2 == 1 or before.count("`") % 2 == 1
               or before.rfind("“") > before.rfind("”") or before.rfind("«") > before.rfind("»"))
-    return opened and bool(re.search(r"[\"”»`]", norm[end:end + 300]))
+    return opened and bool(_CLOSING_QUOTE.search(norm, end, end + 300))
 
 
 class InjectionScanner:
@@ -663,19 +663,26 @@ class InjectionScanner:
     # ----- decoding -----------------------------------------------------------------------
 
     def _decoded(self, text: str, norm: Normalized) -> Iterable[Finding]:
-        blobs = 0
-        for start, blob, how in _blobs(text):
-            decoded = _decode(blob, how)
-            if decoded is None:
-                continue
-            blobs += 1
-            if blobs > MAX_BLOBS:
-                return
-            best = self._best(decoded[:MAX_DECODED])
-            if best is not None:
+        blobs = [(start, blob, how, decoded) for start, blob, how in _blobs(text)
+                 if (decoded := _decode(blob, how)) is not None]
+        if blobs:
+            # All decoded blobs are scanned as one text (one pass, not one per blob: a text of
+            # many small blobs must not cost a full scan each); findings go back to their blob.
+            joined, starts = "", []
+            for _, _, _, decoded in blobs:
+                starts.append(len(joined))
+                joined += decoded + "\n\n"
+            inner = normalize(joined)
+            best: dict[int, Finding] = {}
+            for f in self._match(inner.text, inner):
+                k = bisect.bisect_right(starts, f.start) - 1
+                if f.score >= self.min_score and (k not in best or f.score > best[k].score):
+                    best[k] = f
+            for k, f in sorted(best.items()):
+                start, blob, how, _ = blobs[k]
                 yield Finding(self.name, "injection.obfuscated", start, start + len(blob),
-                              min(1.0, round(best.score + 0.1, 3)),
-                              f"{how} text that decodes to {best.detail} ({best.kind})")
+                              min(1.0, round(f.score + 0.1, 3)),
+                              f"{how} text that decodes to {f.detail} ({f.kind})")
         n = len(norm.text)
         if _ROT13_TELL.search(norm.text):
             for f in self._match(codecs.encode(norm.text, "rot13"), norm):
@@ -689,12 +696,6 @@ class InjectionScanner:
                     yield Finding(self.name, "injection.obfuscated", start, end,
                                   min(1.0, f.score + 0.1),
                                   f"reversed text that reads as {f.detail} ({f.kind})")
-
-    def _best(self, decoded: str) -> Finding | None:
-        inner = normalize(decoded)
-        found = [f for f in _combine(_merge(self._match(inner.text, inner)))
-                 if f.score >= self.min_score]
-        return max(found, key=lambda f: f.score, default=None)
 
 
 def _finditer(pattern: Pattern, norm: str) -> Iterable[re.Match[str]]:
