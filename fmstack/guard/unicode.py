@@ -6,7 +6,9 @@ kind grouped into one finding:
 * ``unicode.invisible``: zero-width characters (U+200B-U+200D, U+2060), soft hyphens, invisible
   operators, Hangul fillers and a byte-order mark anywhere but at the start: used to split
   trigger words so keyword filters miss them ("ig\u200bnore"). Score 0.9 inside a word, 0.7
-  elsewhere.
+  elsewhere. Also two or more variation selectors in a row (one selects an emoji's style; a
+  run of them can encode arbitrary bytes, "emoji smuggling"): ``detail`` shows the bytes they
+  encode. Score 0.8, 0.95 for four or more.
 * ``unicode.bidi``: bidirectional overrides, embeddings and isolates (the "Trojan Source"
   characters, U+202A-U+202E and U+2066-U+2069) that make text display in another order than it
   is read. Score 0.9 for overrides, 0.8 otherwise. The marks U+200E/U+200F are normal in
@@ -72,7 +74,8 @@ _NON_ASCII = re.compile(r"[^\x00-\x7f]+")
 # prose costs one regex pass, not a Python loop per character.
 _SPECIAL = re.compile(
     "[" + "".join(sorted(INVISIBLE | BIDI_OVERRIDE | BIDI_OTHER | BIDI_MARK))
-    + "\U000e0000-\U000e007f\uff01-\uff5e\U0001d400-\U0001d7ff]+"
+    + "\U000e0000-\U000e007f\uff01-\uff5e\U0001d400-\U0001d7ff\ufe00-\ufe0f"
+    + "\U000e0100-\U000e01ef]+"
 )
 # A Latin letter next to a non-ASCII character: where a mixed-script word must show itself.
 _MIXED_SEED = re.compile(r"[a-zA-Z][^\x00-\x7f]|[^\x00-\x7f][a-zA-Z]")
@@ -180,8 +183,10 @@ def _fold_char(ch: str) -> str:
         return " "
     ch = ch.translate(CONFUSABLE_FOLD)
     # NFKD then dropping combining marks folds fullwidth, math alphanumerics and accents alike.
+    # Variation selectors are marks of class 0, so the category is checked too.
     decomposed = unicodedata.normalize("NFKD", ch)
-    kept = "".join(c for c in decomposed if not unicodedata.combining(c))
+    kept = "".join(c for c in decomposed
+                   if not unicodedata.combining(c) and unicodedata.category(c) not in ("Mn", "Me"))
     return kept.casefold().translate(CONFUSABLE_FOLD)
 
 
@@ -226,9 +231,21 @@ def _kind_of(ch: str) -> tuple[str, float] | None:
         return "bidi", 0.3
     if ch in INVISIBLE:
         return "invisible", 0.7
+    if 0xFE00 <= cp <= 0xFE0F or 0xE0100 <= cp <= 0xE01EF:
+        return "variation", 0.8
     if 0xFF01 <= cp <= 0xFF5E or 0x1D400 <= cp <= 0x1D7FF:
         return "confusable", 0.6
     return None
+
+
+def _variation_bytes(run: str) -> bytes:
+    """The bytes a run of variation selectors encodes, one per selector (the known smuggling
+    scheme: U+FE00-U+FE0F are bytes 0-15, U+E0100-U+E01EF bytes 16-255)."""
+    out = bytearray()
+    for c in run:
+        cp = ord(c)
+        out.append(cp - 0xFE00 if cp <= 0xFE0F else cp - 0xE0100 + 16)
+    return bytes(out)
 
 
 def _is_emoji(ch: str) -> bool:
@@ -302,6 +319,15 @@ class UnicodeScanner:
                 shown = shown[:60] + "..."
             return Finding(self.name, "unicode.tag", i, j, score,
                            f"{n} invisible tag characters spelling {shown!r}")
+        if kind == "variation":
+            if n < 2:
+                return None  # one selector after a character picks its emoji or text style
+            hidden = _variation_bytes(run).decode("utf-8", errors="replace")
+            shown = "".join(c if c.isprintable() else "?" for c in hidden)
+            shown = shown[:60] + "..." if len(shown) > 60 else shown
+            return Finding(self.name, "unicode.invisible", i, j, 0.8 if n < 4 else 0.95,
+                           f"{n} variation selectors in a row, which can hide bytes "
+                           f"(read as {shown!r})")
         if kind == "invisible":
             if set(run) <= {"\u200d", "\u200c"} and (
                     _is_emoji(before) or _is_emoji(after) or unicodedata.category(after) == "Mn"
