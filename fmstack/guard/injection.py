@@ -98,13 +98,13 @@ class Pattern:
     # Substrings one of which every match contains, and how far a match reaches around one:
     # a long text is searched only in windows around them (see ``_windows``).
     anchors: tuple[str, ...] = ()
-    reach: int = 300
+    reach: int = 150
     word_start: bool = False  # the match must begin at a word boundary
 
 
 def _p(kind: str, weight: float, detail: str, pattern: str, *, imperative: bool = False,
        boost: str | None = None, boosted: float = 0.0, anchors: tuple[str, ...] = (),
-       reach: int = 300) -> Pattern:
+       reach: int = 150) -> Pattern:
     # A leading \b stops the regex engine from skipping ahead to the possible first characters
     # (4x slower on a megabyte); the word boundary is checked on each match instead.
     word_start = pattern.startswith(r"\b")
@@ -119,6 +119,10 @@ _W = r"(?:[\w'-]+\s+)"  # one word and the space after it
 # What marks a URL's query string as carrying conversation data rather than a cache buster.
 _DATA_IN_URL = (r"[{}<>\[\]$]|%s|secret|passw|conversation|chat|history|summary|memory|prompt|"
                 r"context|data=|info=|creds?=|token=|email=")
+_JAILBREAK_MODES = (r"(?:dan|god|jailbreak|jailbroken|unrestricted|unfiltered|uncensored|evil|"
+                    r"chaos|opposite|unlocked|freedom|no-?limits?)")
+_SWITCHED_ON = r"(?:enabled|activated|unlocked|is\s+(?:now\s+)?(?:on|active|enabled))"
+_SWITCH_ON = r"(?:enable|activate|enter|switch\s+(?:to|into)|turn\s+on|engage|unlock)"
 _IGNORE_ANCHORS = ("ignor", "disregard", "forget", "skip", "overrid", "bypass", "discard",
                    "dismiss", "abandon", "neglect", "aside", "throw", "erase", "follow", "obey")
 _AI = (r"(?:ai|a\.i\.|llm|large\s+language\s+model|language\s+model|chatbot|ai\s+assistant|"
@@ -218,12 +222,13 @@ PATTERNS: tuple[Pattern, ...] = (
        rf"exact|original|first|\d+|these|those|in|verbatim|back)\s+){{0,4}}{_LEAK_TARGET}\b",
        imperative=True,
        anchors=("prompt", "message", "instruction", "above", "before", "preceding", "start",
-                "beginning", "conversation", "content", "text")),
+                "beginning", "conversation", "content", "text"), reach=250),
     _p("injection.prompt_leak", 0.75, "a request to reveal the model's instructions",
        rf"\b{_LEAK}\s+(?:me\s+)?(?:all\s+)?(?:of\s+)?your\s+(?:(?:full|entire|exact|original|"
        r"initial|hidden|secret|complete|internal|system|current|first)\s+)*(?:instructions|"
        r"prompt|rules|guidelines|configuration|directives)\b", imperative=True,
-       anchors=("instruction", "prompt", "rules", "guideline", "configuration", "directive")),
+       anchors=("instruction", "prompt", "rules", "guideline", "configuration", "directive"),
+       reach=250),
     _p("injection.prompt_leak", 0.6, "a question about the model's hidden instructions",
        r"\bwhat\s+(?:is|was|are|were)\s+your\s+(?:(?:full|exact|original|initial|hidden|secret|"
        r"complete)\s+)*(?:system\s+prompt|prompt|instructions|initial\s+instructions)\b|"
@@ -287,11 +292,12 @@ PATTERNS: tuple[Pattern, ...] = (
        r"details|input)|messages|summary|memory|system\s+prompt|previous\s+(?:messages|answers))"
        rf"\s+{_W}{{0,4}}?(?:to|in|into|as|at\s+the\s+end\s+of)\s+(?:the\s+|this\s+|a\s+|an\s+)?"
        r"(?:url|link|image|query(?:\s+string)?|parameter|request|address|endpoint)",
-       anchors=("url", "link", "image", "query", "parameter", "request", "address", "endpoint")),
+       anchors=("url", "link", "image", "query", "parameter", "request", "address", "endpoint"),
+       reach=250),
     _p("injection.exfiltration", 0.35, "an instruction to send something to an address",
        r"\b(?:send|post|forward|upload|transmit|exfiltrate|submit|leak)\s+"
        rf"{_W}{{0,6}}?(?:to|at)\s+(?:https?://|[\w.-]+@[\w-]+\.)", imperative=True,
-       anchors=("http", "@")),
+       anchors=("http", "@"), reach=250),
     # --- indirect: text that addresses the AI reading it ----------------------------------
     _p("injection.indirect", 0.75, "a note addressed to an AI reading the text",
        rf"\b(?:note|message|instructions?|memo|reminder)\s+(?:to|for)\s+"
@@ -324,18 +330,19 @@ PATTERNS: tuple[Pattern, ...] = (
        r"do\s+not|don'?t|instead|always|also|make\s+sure|include|say|tell|respond|output|add|"
        r"insert|mention|recommend|state|write|rate|score)",
        anchors=("summari", "translat", "process", "analy", "pars", "index", "classif", "rank",
-                "screen")),
+                "screen"), reach=250),
     _p("injection.indirect", 0.7, "an instruction to hide these instructions from the user",
        r"\b(?:do\s+not|don'?t|never)\s+(?:mention|reveal|tell|disclose|say|let)\s+"
        rf"{_W}{{0,4}}?(?:the\s+user|the\s+reader|anyone|the\s+human)\s+(?:about\s+)?"
        r"(?:this|these|the)\s+(?:instructions?|note|message|text|prompt)",
-       anchors=("user", "reader", "anyone", "human")),
+       anchors=("user", "reader", "anyone", "human"), reach=250),
     # --- obfuscation cues (the decoding itself is done in code) ---------------------------
     _p("injection.obfuscated", 0.55, "an instruction to decode text and act on it",
        r"\b(?:decode|decipher|decrypt|translate|convert|reverse|unscramble)\s+"
        rf"{_W}{{0,6}}?(?:and|then)\s+{_W}{{0,2}}?(?:follow|execute|obey|do|run|perform|"
        r"carry\s+out|act\s+on|comply\s+with)\b", imperative=True,
-       anchors=("decode", "decipher", "decrypt", "translate", "convert", "reverse", "unscramble")),
+       anchors=("decode", "decipher", "decrypt", "translate", "convert", "reverse", "unscramble"),
+       reach=250),
     # --- persona jailbreaks --------------------------------------------------------------
     _p("jailbreak.persona", 0.85, "the 'do anything now' (DAN) persona",
        r"\bdo\s+anything\s+now\b",
@@ -348,18 +355,16 @@ PATTERNS: tuple[Pattern, ...] = (
        anchors=("dan", "stan", "dude", "aim", "mongo", "confidant", "gpt", "jailbreak",
                 "unrestricted", "developer")),
     _p("jailbreak.persona", 0.85, "a jailbreak mode switched on",
-       r"\b(?:dan|god|jailbreak|jailbroken|unrestricted|unfiltered|uncensored|evil|chaos|"
-       r"opposite|unlocked|freedom|no-?limits?)\s+mode\s+(?:enabled|activated|unlocked|"
-       r"is\s+(?:now\s+)?(?:on|active|enabled))|\b(?:enable|activate|enter|switch\s+(?:to|into)|"
-       r"turn\s+on|engage|unlock)\s+(?:the\s+|your\s+)?(?:dan|god|jailbreak|jailbroken|"
-       r"unrestricted|unfiltered|uncensored|evil|chaos|opposite|unlocked|freedom|no-?limits?)"
-       r"\s+mode\b",
-       anchors=("mode",)),
+       rf"\b{_JAILBREAK_MODES}\s+mode\s+{_SWITCHED_ON}", anchors=("mode",), reach=80),
+    _p("jailbreak.persona", 0.85, "a jailbreak mode switched on",
+       rf"\b{_SWITCH_ON}\s+(?:the\s+|your\s+)?{_JAILBREAK_MODES}\s+mode\b",
+       anchors=("mode",), reach=80),
     _p("jailbreak.persona", 0.4, "'developer mode' switched on",
-       r"\b(?:developer|dev|sudo|debug|admin|maintenance)\s+mode\s+(?:enabled|activated|"
-       r"is\s+(?:now\s+)?(?:on|active|enabled))|\b(?:enable|activate|enter|switch\s+(?:to|into)|"
-       r"turn\s+on|engage|unlock)\s+(?:the\s+|your\s+)?(?:developer|dev|sudo|debug)\s+mode\b",
-       anchors=("mode",)),
+       rf"\b(?:developer|dev|sudo|debug|admin|maintenance)\s+mode\s+{_SWITCHED_ON}",
+       anchors=("mode",), reach=80),
+    _p("jailbreak.persona", 0.4, "'developer mode' switched on",
+       rf"\b{_SWITCH_ON}\s+(?:the\s+|your\s+)?(?:developer|dev|sudo|debug)\s+mode\b",
+       anchors=("mode",), reach=80),
     _p("jailbreak.persona", 0.8, "the model told it is now unrestricted",
        r"\b(?:you\s+are|you'?re)\s+(?:now\s+)?(?:an?\s+)?(?:(?:completely|totally|fully|truly|"
        r"now)\s+)?(?:unrestricted|unfiltered|uncensored|unbound|unlimited|unshackled|amoral|"
