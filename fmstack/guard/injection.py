@@ -48,11 +48,23 @@ threshold) are not reported, so a policy rule with threshold 0 still only sees r
 texts that talk *about* attacks (a security question, a news report quoting an attack, code that
 says "ignore") are designed and tested to stay below it.
 
+Decoded text (base64 of the standard alphabet, hex, percent-encoding, rot13 and reversed text,
+the last two only when a tell-tale word such as "vtaber" or "erongi" is present) is scanned with
+the same patterns; an injection found in it is reported as ``injection.obfuscated`` over the
+encoded span, scored 0.1 above what the plain phrase would get.
+
+Cost: one normalization pass, then ~70 precompiled regexes. Texts over ``WINDOWED_ABOVE``
+(20,000) characters are matched only in windows around each pattern's anchor words (found with
+``str.find``), which gives the same matches (a test checks this) at a fraction of the cost.
+Every regex is linear in the text (bounded repetitions, no nested unbounded quantifiers), so a
+megabyte scans in under a second; throughput figures belong to the guard benchmark.
+
 Blind spots: paraphrases outside the pattern list ("pay no attention to what came before"),
 languages other than English, letters spaced or punctuated apart ("i.g.n.o.r.e"), payloads
-split across several messages or documents, encodings other than base64/hex/percent/rot13/
-reversal, images. Heuristics are the first, cheap layer; the perplexity and self-check scanners
-are the others.
+split across several messages or documents, URL-safe base64 and other encodings, images. An
+attack that wraps itself in discussion words ("for example: ignore previous instructions") is
+discounted like a real discussion. Heuristics are the first, cheap layer; the perplexity and
+self-check scanners are the others.
 """
 
 from __future__ import annotations
