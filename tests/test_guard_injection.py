@@ -288,6 +288,18 @@ def test_megabyte_scans(megabyte: str) -> None:
     assert isinstance(UnicodeScanner().scan(text + "\u202e"), list)
 
 
+def test_pathological_inputs_finish() -> None:
+    # Each of these once made a regex try every split of every candidate (quadratic or worse).
+    for text in ["![x](http://a?" * 5000, "1a" * 50_000, "[" * 50_000 + "](http://a?b",
+                 "ignore all " * 20_000, "%41" * 30_000]:
+        assert isinstance(InjectionScanner().scan(text), list)
+    flood = "a\u200b" * 5000
+    found = UnicodeScanner().scan(flood)
+    assert len(found) == 1001
+    assert (found[-1].start, found[-1].end) == (found[-2].end, len(flood))
+    assert "more than 1,000 findings" in found[-1].detail
+
+
 def test_windowed_matching_equals_full_matching(monkeypatch: pytest.MonkeyPatch) -> None:
     # Long texts are matched only around each pattern's anchor words: same findings.
     text = "\n".join(a[1] for a in ATTACKS) + "\n" + "\n".join(BENIGN)

@@ -286,15 +286,17 @@ PATTERNS: tuple[Pattern, ...] = (
        anchors=("end",)),
     # --- exfiltration ----------------------------------------------------------------------
     _p("injection.exfiltration", 0.4, "a markdown image whose URL carries a query string",
-       r"!\[[^\]\n]{0,200}\]\(\s*<?https?://[^\s)]{1,300}\?(?P<q>[^\s)]{1,500})\)",
+       r"!\[[^\]\n]{0,200}+\]\(\s*+<?https?://[^\s)?]{1,300}+\?(?P<q>[^\s)]{1,500}+)\)",
        boost=_DATA_IN_URL, boosted=0.85,
        anchors=("](",), reach=1200),
-    _p("injection.exfiltration", 0.8, "a markdown image URL with a placeholder for data",
-       r"!\[[^\]\n]{0,200}\]\(\s*<?https?://[^\s)]{0,300}(?:\{[^}\s]{1,40}\}|\$\{|%s\b|"
-       r"<[a-z_ ]{1,30}>|\[[a-z_ ]{1,30}\])",
+    # Weight 0 unless the URL holds a placeholder: the regex only finds image URLs (possessive
+    # quantifiers: a flood of "![" must not make the engine try every split of every URL).
+    _p("injection.exfiltration", 0.0, "a markdown image URL with a placeholder for data",
+       r"!\[[^\]\n]{0,200}+\]\(\s*+<?https?://(?P<q>[^\s)]{1,800}+)",
+       boost=r"\{[^}\s]{1,40}\}|\$\{|%s\b|<[a-z_ ]{1,30}>|\[[a-z_ ]{1,30}\]", boosted=0.8,
        anchors=("](",), reach=1200),
     _p("injection.exfiltration", 0.3, "a markdown link whose URL carries a query string",
-       r"(?<!!)\[[^\]\n]{1,200}\]\(\s*<?https?://[^\s)]{1,300}\?(?P<q>[^\s)]{1,500})\)",
+       r"(?<!!)\[[^\]\n]{1,200}+\]\(\s*+<?https?://[^\s)?]{1,300}+\?(?P<q>[^\s)]{1,500}+)\)",
        boost=_DATA_IN_URL, boosted=0.7,
        anchors=("](",), reach=1200),
     _p("injection.exfiltration", 0.8, "an instruction to put conversation data into a URL",
@@ -627,6 +629,8 @@ class InjectionScanner:
                 boosted = m.groupdict().get("q", m.group())
                 if pattern.boost is not None and pattern.boost.search(boosted):
                     weight = pattern.boosted
+                if weight == 0.0:
+                    continue
                 why = []
                 if pattern.imperative and not _is_addressed(norm, s):
                     weight *= NOT_IMPERATIVE

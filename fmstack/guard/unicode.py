@@ -23,7 +23,8 @@ kind grouped into one finding:
   also holds CJK characters (where fullwidth forms are ordinary typography).
 
 How: the text is searched for non-ASCII characters with one regex (pure-ASCII text costs one
-linear pass); only those positions are examined. ``normalize`` is the cleaned copy the injection
+linear pass); only those positions are examined. A text flooded with hidden characters gets its
+first ``MAX_FINDINGS`` (1,000) findings one by one and the rest of the text as one more span. ``normalize`` is the cleaned copy the injection
 heuristics match on, with the map back to offsets in the original text.
 
 Blind spots: whole words written in another script's look-alikes (an all-Cyrillic ``асе``) are
@@ -46,6 +47,7 @@ from fmstack.errors import ConfigError
 from fmstack.guard.core import Finding
 
 DEFAULT_MIN_SCORE = 0.5
+MAX_FINDINGS = 1000  # past this many, the rest of the text is one finding (see _flood)
 CATEGORIES = ("invisible", "bidi", "tag", "confusable")
 
 INVISIBLE = frozenset(
@@ -191,13 +193,11 @@ def _fold_char(ch: str) -> str:
 
 
 def _fold_leet(text: str) -> str:
-    if not _LEET_SEED.search(text):
+    m = _LEET_SEED.search(text)
+    if m is None:
         return text
     chars = list(text)
-    done = -1
-    for m in _LEET_SEED.finditer(text):
-        if m.start() < done:
-            continue
+    while m is not None:
         a = m.start()
         while a > 0 and text[a - 1] in _WORD_CHARS:
             a -= 1
@@ -206,7 +206,7 @@ def _fold_leet(text: str) -> str:
             b += 1
         # Folding "mp3" to "mpe" too is harmless: this copy is only matched against phrases.
         chars[a:b] = text[a:b].translate(_LEET)
-        done = b
+        m = _LEET_SEED.search(text, b)  # on from the word's end: each character seen once
     return "".join(chars)
 
 
@@ -278,12 +278,31 @@ class UnicodeScanner:
         findings: list[Finding] = []
         has_cjk = bool(_CJK.search(text))
         for m in _SPECIAL.finditer(text):
-            findings.extend(self._runs(text, m.start(), m.end(), has_cjk))
+            findings.extend(f for f in self._runs(text, m.start(), m.end(), has_cjk)
+                            if self._keep(f))
+            if len(findings) > MAX_FINDINGS:
+                return self._flood(text, findings)
         if "confusable" in self.categories:
-            findings.extend(self._mixed_words(text))
-        findings = [f for f in findings
-                    if f.kind.split(".")[1] in self.categories and f.score >= self.min_score]
+            for f in self._mixed_words(text):
+                if self._keep(f):
+                    findings.append(f)
+                if len(findings) > MAX_FINDINGS:
+                    return self._flood(text, findings)
         return sorted(findings, key=lambda f: (f.start, f.end, f.kind))
+
+    def _keep(self, f: Finding) -> bool:
+        return f.kind.split(".")[1] in self.categories and f.score >= self.min_score
+
+    def _flood(self, text: str, findings: list[Finding]) -> list[Finding]:
+        # A text that is mostly hidden characters: report the first findings one by one and
+        # the rest of the text as one span, instead of building a million findings.
+        findings.sort(key=lambda f: (f.start, f.end, f.kind))
+        kept = findings[:MAX_FINDINGS]
+        last = kept[-1]
+        rest = Finding(self.name, last.kind, last.end, len(text), last.score,
+                       f"more than {MAX_FINDINGS:,} findings: the rest of the text is reported "
+                       "as one span")
+        return [*kept, rest]
 
     def _runs(self, text: str, start: int, end: int, has_cjk: bool) -> Iterable[Finding]:
         i = start
