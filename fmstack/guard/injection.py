@@ -56,8 +56,10 @@ encoded span, scored 0.1 above what the plain phrase would get.
 Cost: one normalization pass, then ~70 precompiled regexes. Texts over ``WINDOWED_ABOVE``
 (20,000) characters are matched only in windows around each pattern's anchor words (found with
 ``str.find``), which gives the same matches (a test checks this) at a fraction of the cost.
-Every regex is linear in the text (bounded repetitions, no nested unbounded quantifiers), so a
-megabyte scans in under a second; throughput figures belong to the guard benchmark.
+Every regex is linear in the text (bounded or possessive repetitions), so a megabyte of prose
+or code scans in under a second; text dense in non-ASCII or hidden characters costs a few times
+more, since normalization handles it one run at a time. Throughput figures belong to the guard
+benchmark.
 
 Blind spots: paraphrases outside the pattern list ("pay no attention to what came before"),
 languages other than English, letters spaced or punctuated apart ("i.g.n.o.r.e"), payloads
