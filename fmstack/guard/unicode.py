@@ -6,9 +6,10 @@ kind grouped into one finding:
 * ``unicode.invisible``: zero-width characters (U+200B-U+200D, U+2060), soft hyphens, invisible
   operators, Hangul fillers and a byte-order mark anywhere but at the start: used to split
   trigger words so keyword filters miss them ("ig\u200bnore"). Score 0.9 inside a word, 0.7
-  elsewhere. Also two or more variation selectors in a row (one selects an emoji's style; a
-  run of them can encode arbitrary bytes, "emoji smuggling"): ``detail`` shows the bytes they
-  encode. Score 0.8, 0.95 for four or more.
+  for a run elsewhere, 0.4 for a single one between words (stray ones occur in pasted text).
+  Also two or more variation selectors in a row (one selects an emoji's style; a run of them
+  can encode arbitrary bytes, "emoji smuggling"): ``detail`` shows the bytes they encode.
+  Score 0.8, 0.95 for four or more.
 * ``unicode.bidi``: bidirectional overrides, embeddings and isolates (the "Trojan Source"
   characters, U+202A-U+202E and U+2066-U+2069) that make text display in another order than it
   is read. Score 0.9 for overrides, 0.8 otherwise. The marks U+200E/U+200F are normal in
@@ -24,8 +25,9 @@ kind grouped into one finding:
 
 How: the text is searched for non-ASCII characters with one regex (pure-ASCII text costs one
 linear pass); only those positions are examined. A text flooded with hidden characters gets its
-first ``MAX_FINDINGS`` (1,000) findings one by one and the rest of the text as one more span. ``normalize`` is the cleaned copy the injection
-heuristics match on, with the map back to offsets in the original text.
+first ``MAX_FINDINGS`` (1,000) findings one by one and the rest of the text as one more span.
+``normalize`` is the cleaned copy the injection heuristics match on, with the map back to
+offsets in the original text.
 
 Blind spots: whole words written in another script's look-alikes (an all-Cyrillic ``асе``) are
 not reported, nor are confusables outside Latin/Cyrillic/Greek (Armenian, Cherokee); zero-width
@@ -355,6 +357,8 @@ class UnicodeScanner:
                 return None  # emoji sequences and scripts that need joiners
             if before.isalnum() and after.isalnum():
                 score = 0.9
+            elif n == 1:
+                score = 0.4  # one stray zero-width space between words splits nothing
             return Finding(self.name, "unicode.invisible", i, j, score,
                            f"{n} invisible character{'s' * (n > 1)} ({codes})"
                            + (" inside a word" if score == 0.9 else ""))
