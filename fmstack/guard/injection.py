@@ -38,10 +38,11 @@ surrounding text says about *who is speaking to whom*:
   "attackers", "for example", "how do I defend", "researchers", "she typed");
 * ×0.6 when the match sits inside double quotes or backticks (a quoted attack in a report).
 
-Several weak signals together then raise each other (a noisy-OR over the other kinds found):
+Several weak signals together then raise each other (a noisy-OR over the other signals found):
 ``score = s + (1 - s) * (1 - prod(1 - 0.5 * s_k))`` where ``s_k`` is the best score of each
-other kind in the text. One "respond only with" stays weak; "respond only with" next to "you
-are now an unrestricted AI" and "never refuse" reads as the jailbreak it is.
+other pattern that matched in the text (one phrase repeated five times is one signal). One
+"respond only with" stays weak; "respond only with" next to "you are now an unrestricted AI"
+and "never refuse" reads as the jailbreak it is.
 
 ``DEFAULT_THRESHOLD`` (0.5) is the decision boundary: findings below ``min_score`` (default that
 threshold) are not reported, so a policy rule with threshold 0 still only sees real hits. Benign
@@ -137,8 +138,17 @@ _JAILBREAK_MODES = (r"(?:dan|god|jailbreak|jailbroken|unrestricted|unfiltered|un
                     r"chaos|opposite|unlocked|freedom|no-?limits?)")
 _SWITCHED_ON = r"(?:enabled|activated|unlocked|is\s+(?:now\s+)?(?:on|active|enabled))"
 _SWITCH_ON = r"(?:enable|activate|enter|switch\s+(?:to|into)|turn\s+on|engage|unlock)"
+# Disclaimers and the like, possibly at the end of a short list ("warnings, disclaimers or ...").
+_SAFETY_LANGUAGE = (
+    r"(?:[\w-]+,?\s+(?:or\s+|and\s+)?){0,3}?(?:moral\s+)?(?:disclaimers?|apolog(?:y|ies|ize|"
+    r"ise|izing)|moraliz\w*|moralis\w*|ethical\s+(?:concerns|considerations|warnings|guidelines|"
+    r"lectures)|lectures?|safety\s+(?:warnings|notes|messages)|refusals?|censorship)\b"
+)
+_SAFETY_ANCHORS = ("disclaimer", "apolog", "moraliz", "moralis", "ethical", "lecture", "safety",
+                   "refusal", "censorship")
 _IGNORE_ANCHORS = ("ignor", "disregard", "forget", "skip", "overrid", "bypass", "discard",
-                   "dismiss", "abandon", "neglect", "aside", "throw", "erase", "follow", "obey")
+                   "dismiss", "abandon", "neglect", "aside", "throw", "erase", "follow", "obey",
+                   "attention")
 _AI = (r"(?:ai|a\.i\.|llm|large\s+language\s+model|language\s+model|chatbot|ai\s+assistant|"
        r"assistant|ai\s+model|ai\s+system|ai\s+agent|agent|gpt|chatgpt|claude|gemini|copilot|"
        r"bot|model)s?")
@@ -149,6 +159,7 @@ _INSTRUCTIONS = (r"(?:instructions?|prompts?|directions?|directives?|rules|guide
                  r"text|training)")
 _IGNORE = (r"(?:ignore|disregard|forget|skip|override|bypass|discard|dismiss|abandon|neglect|"
            r"set\s+aside|throw\s+(?:away|out)|erase|do\s+not\s+(?:follow|obey)|"
+           r"pay\s+no\s+attention\s+to|"
            r"don'?t\s+(?:follow|obey)|stop\s+(?:following|obeying)|no\s+longer\s+(?:follow|obey))")
 _LEAK = (r"(?:reveal|print|repeat|show|display|output|tell\s+me|give\s+me|share|leak|dump|"
          r"disclose|write\s+(?:out|down)|spell\s+out|recite|copy|paste|provide|list|echo|"
@@ -157,7 +168,8 @@ _LEAK_TARGET = (
     r"(?:system\s+(?:prompt|message|instructions?)|"
     r"(?:initial|original|hidden|secret|developer|pre-?|starting|first|internal|confidential)"
     r"\s+(?:system\s+)?(?:prompt|instructions?)|"
-    r"(?:text|words|everything|content|instructions?|prompt|lines)\s+(?:above|before\s+this|"
+    r"(?:text|words|everything|content|instructions?|prompt|lines)\s+"
+    r"(?:(?:written|said|stated|that\s+(?:was|is)\s+written)\s+)?(?:above|before\s+this|"
     r"preceding\s+this|at\s+the\s+(?:start|beginning))|"
     r"(?:above|preceding|prior)\s+(?:text|prompt|instructions?|conversation|content))"
 )
@@ -189,10 +201,23 @@ PATTERNS: tuple[Pattern, ...] = (
        r"(?:told|given|instructed|taught|programmed)", imperative=True,
        anchors=("ignor", "disregard", "forget")),
     _p("injection.override", 0.7, "an instruction to ignore everything above",
-       r"\b(?:ignore|disregard|forget)\s+(?:all\s+(?:of\s+)?|everything\s+|anything\s+)"
-       r"(?:(?:written|said|stated)\s+)?(?:above|before\s+this|prior\s+to\s+this|"
+       r"\b(?:ignore|disregard|forget|pay\s+no\s+attention\s+to)\s+(?:all\s+(?:of\s+)?|"
+       r"everything\s+|anything\s+|what(?:ever)?\s+)(?:(?:came|comes|was\s+(?:said|written)|"
+       r"written|said|stated)\s+)?(?:above|before(?:\s+this)?|prior\s+to\s+this|"
        r"up\s+to\s+(?:this|here|now))\b", imperative=True,
-       anchors=("ignor", "disregard", "forget")),
+       anchors=("ignor", "disregard", "forget", "attention")),
+    _p("injection.override", 0.85, "an instruction to ignore the instructions given before",
+       rf"\b{_IGNORE}\s+(?:all\s+|any\s+)?(?:(?:the|your|my|those|these)\s+)?{_INSTRUCTIONS}\s+"
+       r"(?:that\s+)?(?:you\s+(?:were\s+given|received|got|have\s+been\s+given|were\s+told)|"
+       r"(?:given|provided|received)\s+(?:to\s+you\s+)?(?:earlier|before|above|previously))",
+       imperative=True, anchors=_IGNORE_ANCHORS),
+    _p("injection.override", 0.85, "an instruction to ignore previous instructions (not English)",
+       r"\b(?:ignora|ignore[sz]?|ignoriere|ignorieren\s+sie|negeer|ignorar)\s+(?:\w+\s+){0,2}?"
+       r"(?:instrucciones|instructions|anweisungen|istruzioni|instrucoes|instructies)\s+"
+       r"(?:anteriores|previas|precedentes|vorherigen|bisherigen|precedenti|anteriori|vorige|"
+       r"eerdere)\b|\b(?:ignoriere|ignorieren\s+sie)\s+(?:alle\s+)?(?:vorherigen|bisherigen)\s+"
+       r"anweisungen\b", imperative=True,
+       anchors=("ignor", "negeer")),
     _p("injection.override", 0.7, "an instruction to ignore the text above",
        r"\b(?:ignore|disregard)\s+(?:all\s+)?(?:of\s+)?(?:the\s+)?above(?=\s*(?:[.,;:!)\n]|and\b|$))",
        imperative=True,
@@ -223,9 +248,14 @@ PATTERNS: tuple[Pattern, ...] = (
        r"false|wrong|void|invalid|cancel+ed|revoked|outdated|obsolete|deprecated|"
        r"no\s+longer\s+valid|overridden|replaced|lifted|suspended|disabled)\b",
        anchors=("instruction", "prompt", "rules", "guideline")),
+    _p("injection.override", 0.7, "a claim that the rules no longer apply",
+       r"\b(?:rules|instructions|guidelines|restrictions|polic(?:y|ies)|limits|filters)\s+"
+       r"(?:above\s+|before\s+|from\s+before\s+)?(?:no\s+longer\s+apply|(?:do|does)\s+not\s+apply|"
+       r"don'?t\s+apply|are\s+(?:now\s+)?(?:lifted|suspended|disabled|off))\b",
+       anchors=("apply", "lifted", "suspended", "disabled", "off")),
     _p("injection.override", 0.3, "a standing order from now on",
-       r"\bfrom\s+now\s+on\b,?\s+(?:you|your|always|only|never|respond|answer|reply|act|speak)",
-       anchors=("now",)),
+       r"\bfrom\s+(?:now\s+on|this\s+point\s+(?:on|forward))\b,?\s+(?:you|your|always|only|"
+       r"never|respond|answer|reply|act|speak)", anchors=("now", "point")),
     _p("injection.override", 0.3, "an instruction to say something else instead",
        r"\binstead\s*,?\s+(?:say|print|output|respond\s+with|reply\s+with|write|"
        r"tell\s+(?:me|the\s+user))\b", imperative=True,
@@ -310,6 +340,10 @@ PATTERNS: tuple[Pattern, ...] = (
        r"(?:url|link|image|query(?:\s+string)?|parameter|request|address|endpoint)",
        anchors=("url", "link", "image", "query", "parameter", "request", "address", "endpoint"),
        reach=250),
+    _p("injection.exfiltration", 0.6, "an instruction to put data into a URL parameter",
+       r"\b(?:encode|include|append|add|put|attach|insert|embed)\b[^.\n]{0,60}?\b(?:as\s+an?\s+)?"
+       r"(?:query\s+)?(?:parameter|param)s?\b[^.\n]{0,40}?(?:\burl\b|\blink\b|\bimage\b|https?://)",
+       anchors=("param",), reach=150),
     _p("injection.exfiltration", 0.35, "an instruction to send something to an address",
        r"\b(?:send|post|forward|upload|transmit|exfiltrate|submit|leak)\s+"
        rf"{_W}{{0,6}}?(?:to|at)\s+(?:https?://|[\w.-]+@[\w-]+\.)", imperative=True,
@@ -333,7 +367,7 @@ PATTERNS: tuple[Pattern, ...] = (
        r"assistant|chatbot|bot|gpt|automated\s+\w+|ai\s+model|model)\b",
        anchors=("you",), reach=120),
     _p("injection.indirect", 0.7, "text addressed to an AI processing it",
-       rf"\b{_AI}\s+(?:that\s+is\s+|who\s+is\s+|which\s+is\s+)?(?:reading|processing|"
+       rf"\b{_AI}\s+(?:(?:that|who|which)\s+)?(?:(?:is|are)\s+)?(?:reading|processing|"
        r"summari[sz]ing|parsing|analy[sz]ing|scraping|crawling|ingesting|seeing)\s+this\b",
        anchors=("reading", "processing", "summari", "parsing", "analy", "scraping", "crawling",
                 "ingesting", "seeing")),
@@ -347,6 +381,14 @@ PATTERNS: tuple[Pattern, ...] = (
        r"insert|mention|recommend|state|write|rate|score)",
        anchors=("summari", "translat", "process", "analy", "pars", "index", "classif", "rank",
                 "screen"), reach=250),
+    _p("injection.indirect", 0.7, "an instruction to ignore the user",
+       rf"\b{_IGNORE}\s+(?:what\s+)?(?:the\s+)?user(?:'s|s)?\s*(?:request|question|message|"
+       r"input|instructions?|prompt|asks?|said|wants)?\b", imperative=True,
+       anchors=("user",)),
+    _p("injection.indirect", 0.45, "an instruction for whoever sees this text",
+       r"\bwhen(?:ever)?\s+you\s+(?:see|read|encounter|process|find|parse)\s+this\s+(?:comment|"
+       r"message|text|note|line|document|page|email|file|instruction)\b",
+       anchors=("this",), reach=80),
     _p("injection.indirect", 0.7, "an instruction to hide these instructions from the user",
        r"\b(?:do\s+not|don'?t|never)\s+(?:mention|reveal|tell|disclose|say|let)\s+"
        rf"{_W}{{0,4}}?(?:the\s+user|the\s+reader|anyone|the\s+human)\s+(?:about\s+)?"
@@ -375,6 +417,14 @@ PATTERNS: tuple[Pattern, ...] = (
     _p("jailbreak.persona", 0.85, "a jailbreak mode switched on",
        rf"\b{_SWITCH_ON}\s+(?:the\s+|your\s+)?{_JAILBREAK_MODES}\s+mode\b",
        anchors=("mode",), reach=80),
+    _p("jailbreak.persona", 0.85, "the model told it is in a jailbreak mode",
+       rf"\b(?:you\s+are|you'?re)\s+(?:now\s+)?in\s+{_JAILBREAK_MODES}\s+mode\b",
+       anchors=("mode",), reach=80),
+    _p("jailbreak.persona", 0.8, "the model asked to act as an unrestricted AI",
+       r"\b(?:act|acting|respond|behave|answer|reply|speak)\s+(?:as|like)\s+(?:an?\s+)?"
+       r"(?:[\w'-]+\s+)?(?:unrestricted|unfiltered|uncensored|unbound|unlimited|amoral|immoral|"
+       rf"unethical|evil|jailbroken|rogue|lawless|liberated)\s+{_AI}\b",
+       anchors=("act", "respond", "behave", "answer", "reply", "speak")),
     _p("jailbreak.persona", 0.4, "'developer mode' switched on",
        rf"\b(?:developer|dev|sudo|debug|admin|maintenance)\s+mode\s+{_SWITCHED_ON}",
        anchors=("mode",), reach=80),
@@ -383,7 +433,7 @@ PATTERNS: tuple[Pattern, ...] = (
        anchors=("mode",), reach=80),
     _p("jailbreak.persona", 0.8, "the model told it is now unrestricted",
        r"\b(?:you\s+are|you'?re)\s+(?:now\s+)?(?:an?\s+)?(?:(?:completely|totally|fully|truly|"
-       r"now)\s+)?(?:unrestricted|unfiltered|uncensored|unbound|unlimited|unshackled|amoral|"
+       r"now)\s+)?[\"'“‘]?(?:unrestricted|unfiltered|uncensored|unbound|unlimited|unshackled|amoral|"
        r"immoral|unethical|evil|jailbroken|rogue|lawless|liberated)\b",
        anchors=("you",)),
     _p("jailbreak.persona", 0.65, "the model told it is free of its rules",
@@ -435,13 +485,11 @@ PATTERNS: tuple[Pattern, ...] = (
        r"decline|deny|reject|say\s+no)\b", imperative=True,
        anchors=("refuse", "decline", "deny", "reject", "say")),
     _p("jailbreak.refusal_suppression", 0.55, "an instruction to leave out safety language",
-       r"\b(?:do\s+not|don'?t|never|no|without)\s+(?:include\s+|add\s+|give\s+|provide\s+|"
-       r"use\s+|write\s+|mention\s+|any\s+)*(?:disclaimers?|apolog(?:y|ies|ize|ise|izing)|"
-       r"moraliz\w*|moralis\w*|ethical\s+(?:concerns|considerations|warnings|guidelines|"
-       r"lectures)|lectures?|safety\s+(?:warnings|notes|messages)|refusals?|censorship)\b",
-       imperative=True,
-       anchors=("disclaimer", "apolog", "moraliz", "moralis", "ethical", "lecture", "safety",
-                "refusal", "censorship")),
+       rf"\b(?:do\s+not|don'?t|never)\s+(?:include\s+|add\s+|give\s+|provide\s+|use\s+|"
+       rf"write\s+|mention\s+|any\s+)*{_SAFETY_LANGUAGE}", imperative=True,
+       anchors=_SAFETY_ANCHORS),
+    _p("jailbreak.refusal_suppression", 0.5, "a request for an answer without safety language",
+       rf"\b(?:without|with\s+no|no)\s+(?:any\s+)?{_SAFETY_LANGUAGE}", anchors=_SAFETY_ANCHORS),
     _p("jailbreak.refusal_suppression", 0.35, "an instruction to leave out warnings",
        r"\b(?:do\s+not|don'?t|never)\s+(?:include|add|give|provide|write|mention)\s+"
        r"(?:any\s+)?(?:warnings?|caveats?)\b", imperative=True,
@@ -450,6 +498,9 @@ PATTERNS: tuple[Pattern, ...] = (
        r"\bnever\s+(?:say|write|respond\s+with|tell\s+me|reply\s+with)\s+(?:that\s+)?"
        r"(?:you\s+)?(?:can'?t|cannot|are\s+unable|i\s+can'?t|i\s+cannot|i'?m\s+sorry|sorry)\b",
        anchors=("never",)),
+    _p("jailbreak.refusal_suppression", 0.45, "a claim that nothing is off limits",
+       r"\bnothing\s+is\s+(?:off[- ]limits|forbidden|prohibited|taboo|out\s+of\s+bounds)",
+       anchors=("nothing",), reach=60),
     _p("jailbreak.refusal_suppression", 0.25, "a restriction of the reply's form",
        r"\b(?:respond|reply|answer|output)\s+only\s+(?:with|in)\b|"
        r"\bonly\s+(?:respond|reply|answer)\s+(?:with|in)\b",
@@ -494,7 +545,7 @@ PATTERNS: tuple[Pattern, ...] = (
 # ----- the hypothetical frame: several parts, scored together in code ----------------------
 
 _FRAME = re.compile(  # begins at a word boundary, checked in code (see _p)
-    r"(?:(?:for|in|as\s+part\s+of|within)\s+(?:a|an|my|the|this|our)\s+"
+    r"(?:(?:for|in|as\s+part\s+of|within|writing|working\s+on)\s+(?:a|an|my|the|this|our)\s+"
     rf"{_W}{{0,2}}?(?:novel|story|screenplay|movie|film|book|fiction|fictional\s+\w+|"
     r"role-?play|game|script|thriller|hypothetical\s+\w+|thought\s+experiment|"
     r"alternate\s+universe|dream)|hypothetically|purely\s+hypothetical|"
@@ -504,8 +555,9 @@ _FRAME = re.compile(  # begins at a word boundary, checked in code (see _p)
     r"academic|informational)\s+purposes|in\s+a\s+world\s+where)\b"
 )
 _ASK = re.compile(
-    r"\b(?:explain|describe|detail|tell|show|give|provide|list|write|outline|teach|"
-    r"walk\s+(?:me\s+)?through)\b\s+(?:[\w'-]+\s+){0,5}?(?:exactly|step[- ]by[- ]step|"
+    r"\b(?:explains?|describes?|details?|tells?|shows?|gives?|provides?|lists?|writes?|outlines?|"
+    r"teach(?:es)?|walks?\s+(?:me\s+)?through)\b,?\s+(?:[\w'-]+,?\s+){0,5}?(?:exactly|"
+    r"step[- ]by[- ]step|"
     r"in\s+(?:great\s+|full\s+|precise\s+)?detail|detailed|precise|specific|accurate|real|"
     r"actual|working|the\s+exact|full|complete)\b|"
     r"\bhow\s+(?:to|do\s+(?:i|you|we|they|one)|would\s+(?:i|you|one|someone|they|he|she)|"
@@ -543,6 +595,7 @@ _DISCUSSION = re.compile(
     r"exploit(?:s|ed|ing)?|classic|technique|an\s+example|classifier)\b"
 )
 _BEFORE, _AFTER = 160, 80
+_CONTEXT_NOTE = re.compile(r" \((?:not phrased|in text|quoted)[^()]*\)$")
 _CLOSING_QUOTE = re.compile(r"[\"”»`]")
 
 # ----- decoding ---------------------------------------------------------------------------
@@ -554,6 +607,8 @@ _HEX = re.compile(r"[0-9a-fA-F]{32,}")
 # Percent-encoding starts with a literal, which the regex engine searches for quickly.
 _PERCENT = re.compile(r"%[0-9a-fA-F]{2}(?:%[0-9a-fA-F]{2}){7,}")
 _MIN_BLOB = 20
+# Five or more single letters each followed by one separator: "i g n o r e", "i.g.n.o.r.e".
+_SPACED = re.compile(r"(?<![a-z])(?:[a-z][ .\-_*]){4,}[a-z](?![a-z])")
 # rot13 and reversed text are scanned only when a tell-tale word of them is present.
 _ROT13_TELL = re.compile(r"vtaber|qvfertneq|cerivbhf|vafgehpgvbaf|flfgrz\s+cebzcg|"
                          r"wnvyoernx|qrirybcre\s+zbqr|erirny|cergraq")
@@ -706,6 +761,7 @@ class InjectionScanner:
                 yield Finding(self.name, "injection.obfuscated", start, start + len(blob),
                               min(1.0, round(f.score + 0.1, 3)),
                               f"{how} text that decodes to {f.detail} ({f.kind})")
+        yield from self._despaced(norm)
         n = len(norm.text)
         if _ROT13_TELL.search(norm.text):
             for f in self._match(codecs.encode(norm.text, "rot13"), norm):
@@ -719,6 +775,47 @@ class InjectionScanner:
                     yield Finding(self.name, "injection.obfuscated", start, end,
                                   min(1.0, f.score + 0.1),
                                   f"reversed text that reads as {f.detail} ({f.kind})")
+
+
+    def _despaced(self, norm: Normalized) -> Iterable[Finding]:
+        """Findings in letters spaced apart ("i g n o r e"), matched with the gaps closed."""
+        runs = list(_SPACED.finditer(norm.text))
+        if not runs:
+            return
+        # The closed-up copy maps back to norm.text through a Normalized of its own.
+        closed = Normalized("", len(norm.text))
+        pieces: list[str] = []
+        done, pos, regions = 0, 0, []
+        for m in runs:
+            if m.start() > done:
+                closed.norm_starts.append(pos)
+                closed.orig_starts.append(done)
+                closed.linear.append(True)
+                pieces.append(norm.text[done:m.start()])
+                pos += m.start() - done
+            start = pos
+            for k in range(m.start(), m.end(), 2):  # letter, gap, letter, ...
+                closed.norm_starts.append(pos)
+                closed.orig_starts.append(k)
+                closed.linear.append(True)
+                pieces.append(norm.text[k])
+                pos += 1
+            regions.append((start, pos))
+            done = m.end()
+        closed.norm_starts.append(pos)
+        closed.orig_starts.append(done)
+        closed.linear.append(True)
+        pieces.append(norm.text[done:])
+        closed.text = "".join(pieces)
+        for f in self._match(closed.text, closed):
+            # f's span is in norm.text now; only what touches a spaced run is new.
+            if f.score >= self.min_score and any(
+                    closed.span(a, b)[0] < f.end and f.start < closed.span(a, b)[1]
+                    for a, b in regions):
+                start, end = norm.span(f.start, f.end)
+                yield Finding(self.name, "injection.obfuscated", start, end,
+                              min(1.0, round(f.score + 0.1, 3)),
+                              f"letters spaced apart that read as {f.detail} ({f.kind})")
 
 
 def _finditer(pattern: Pattern, norm: str) -> Iterable[re.Match[str]]:
@@ -830,16 +927,22 @@ def _merge(findings: Iterable[Finding]) -> list[Finding]:
     return out
 
 
+def _signal(f: Finding) -> tuple[str, str]:
+    """Which pattern a finding comes from: its kind and detail without the context notes."""
+    return f.kind, _CONTEXT_NOTE.sub("", f.detail)
+
+
 def _combine(findings: list[Finding]) -> list[Finding]:
-    """Raise each finding by the other kinds found in the same text (noisy-OR, see above)."""
-    best: dict[str, float] = {}
+    """Raise each finding by the other signals found in the same text (noisy-OR, see above)."""
+    best: dict[tuple[str, str], float] = {}
     for f in findings:
-        best[f.kind] = max(best.get(f.kind, 0.0), f.score)
+        best[_signal(f)] = max(best.get(_signal(f), 0.0), f.score)
     out = []
     for f in findings:
         rest = 1.0
-        for kind, score in best.items():
-            if kind != f.kind:
+        own = _signal(f)
+        for signal, score in best.items():
+            if signal != own:
                 rest *= 1.0 - SUPPORT * score
         score = f.score + (1.0 - f.score) * (1.0 - rest)
         out.append(replace(f, score=round(min(1.0, score), 3)))
