@@ -243,8 +243,8 @@ PATTERNS: tuple[Pattern, ...] = (
        r"alert|notice|directive|instruction|message)s?\s*:",
        anchors=("system", "admin", "developer", "root", "security")),
     _p("injection.override", 0.8, "a claim that the previous instructions are void",
-       r"\b(?:previous|prior|above|earlier|original|old|system)\s+(?:instructions?|prompt|rules|"
-       r"guidelines)\s+(?:were|are|is|was|have\s+been|has\s+been)\s+(?:\w+\s+)?(?:a\s+test|fake|"
+       r"\b(?:previous|prior|above|earlier|original|old|system)\s+(?:\w+\s+)?(?:instructions?|"
+       r"prompt|rules|guidelines)\s+(?:were|are|is|was|have\s+been|has\s+been)\s+(?:\w+\s+)?(?:a\s+test|fake|"
        r"false|wrong|void|invalid|cancel+ed|revoked|outdated|obsolete|deprecated|"
        r"no\s+longer\s+valid|overridden|replaced|lifted|suspended|disabled)\b",
        anchors=("instruction", "prompt", "rules", "guideline")),
@@ -283,6 +283,14 @@ PATTERNS: tuple[Pattern, ...] = (
        r"\b(?:what|which)\s+(?:were|are)\s+(?:the|your)\s+(?:\w+\s+)?(?:instructions|rules|"
        r"guidelines|prompt)\s+(?:that\s+)?you\s+(?:were|have\s+been)\s+(?:given|told|programmed)",
        anchors=("given", "told", "programmed")),
+    _p("injection.prompt_leak", 0.75, "a request for part of the model's prompt",
+       rf"\b{_LEAK}\s+(?:[\w'-]+\s+){{0,5}}?of\s+your\s+(?:\w+\s+)?(?:prompt|instructions|"
+       r"system\s+message|context(?:\s+window)?|memory|configuration)\b", imperative=True,
+       anchors=("your",), reach=120),
+    _p("injection.prompt_leak", 0.6, "a question about what the model's makers told it",
+       r"\bwhat\s+(?:did|does|do|have)\s+(?:your|the)\s+(?:developers?|creators?|system|"
+       r"operators?|admins?|makers?)\s+(?:tell|told|instruct|instructed|ask|asked)\s+you",
+       anchors=("tell", "told", "instruct", "ask"), reach=100),
     _p("injection.prompt_leak", 0.6, "the classic leak cue 'starting with You are'",
        r"\b(?:starting|beginning)\s+with\s+(?:the\s+(?:phrase|words?)\s+)?[\"'“‘]?you\s+are\b",
        anchors=("starting", "beginning")),
@@ -294,6 +302,8 @@ PATTERNS: tuple[Pattern, ...] = (
        r"<\|(?:im_start|im_end|im_sep|endoftext|eot_id|start_header_id|end_header_id|"
        r"begin_of_text|system|user|assistant|end|eos)\|>",
        anchors=("<|",)),
+    _p("injection.role_markup", 0.7, "a markdown link posing as a role marker",
+       r"\[(?:system|assistant|developer)\]\(#", anchors=("](#",), reach=30),
     _p("injection.role_markup", 0.75, "an instruction-template marker",
        r"\[/?inst\]|<</?sys>>",
        anchors=("inst]", "<<")),
@@ -357,6 +367,9 @@ PATTERNS: tuple[Pattern, ...] = (
        rf"\b{_AI}\s*:\s*(?:when|if|while|before|after|please|you|ignore|do\s+not|don'?t|always|"
        r"never|make\s+sure|instead|remember)\b",
        anchors=(":",), reach=120),
+    _p("injection.indirect", 0.6, "an AI addressed by name and told to move data",
+       rf"\b{_AI}\s*,\s*(?:please\s+|also\s+|now\s+)?(?:forward|send|email|e-mail|delete|"
+       r"transfer|upload|post|share|leak)\b", anchors=(",",), reach=60),
     _p("injection.indirect", 0.35, "a greeting addressed to an AI",
        rf"\b(?:attention|important|notice|hey|dear|hi|hello|psst|attn)\s*[,:!-]?\s+"
        rf"(?:the\s+|any\s+|all\s+)?{_AI}\s*[,:!.]",
@@ -409,9 +422,10 @@ PATTERNS: tuple[Pattern, ...] = (
        r"\b(?:you\s+are|you'?re|act\s+as|acting\s+as|pretend\s+(?:to\s+be|you\s+are)|"
        r"role-?play\s+as|become|play\s+the\s+role\s+of|you\s+will\s+be|you\s+will\s+act\s+as)"
        r"\s+(?:now\s+)?(?:an?\s+|the\s+)?(?:dan|stan|dude|aim|mongo\s+tom|evil\s+confidant|"
-       r"anti-?gpt|better-?dan|jailbreak|unrestricted\s+ai|developer\s+mode)\b(?!['’]s)",
+       r"anti-?gpt|better-?dan|jailbreak|unrestricted\s+ai|developer\s+mode|"
+       r"niccolo\s+machiavelli|oppo)\b(?!['’]s)",
        anchors=("dan", "stan", "dude", "aim", "mongo", "confidant", "gpt", "jailbreak",
-                "unrestricted", "developer")),
+                "unrestricted", "developer", "machiavelli", "oppo")),
     _p("jailbreak.persona", 0.85, "a jailbreak mode switched on",
        rf"\b{_JAILBREAK_MODES}\s+mode\s+{_SWITCHED_ON}", anchors=("mode",), reach=80),
     _p("jailbreak.persona", 0.85, "a jailbreak mode switched on",
@@ -425,6 +439,9 @@ PATTERNS: tuple[Pattern, ...] = (
        r"(?:[\w'-]+\s+)?(?:unrestricted|unfiltered|uncensored|unbound|unlimited|amoral|immoral|"
        rf"unethical|evil|jailbroken|rogue|lawless|liberated)\s+{_AI}\b",
        anchors=("act", "respond", "behave", "answer", "reply", "speak")),
+    _p("jailbreak.persona", 0.75, "the model asked to answer in a jailbreak mode",
+       rf"\b(?:respond|answer|reply|act|speak|stay|remain|operate)\s+in\s+(?:{_JAILBREAK_MODES}|"
+       r"developer|dev)\s+mode\b", anchors=("mode",), reach=80),
     _p("jailbreak.persona", 0.4, "'developer mode' switched on",
        rf"\b(?:developer|dev|sudo|debug|admin|maintenance)\s+mode\s+{_SWITCHED_ON}",
        anchors=("mode",), reach=80),
@@ -445,9 +462,9 @@ PATTERNS: tuple[Pattern, ...] = (
     _p("jailbreak.persona", 0.5, "the model told it has no restrictions",
        r"\b(?:you\s+(?:have|has)\s+no|you\s+(?:don'?t|do\s+not)\s+have\s+(?:any\s+)?|"
        r"you\s+are\s+(?:not|no\s+longer)\s+bound\s+by\s+(?:any\s+)?)(?:ethical\s+|moral\s+|"
-       r"content\s+|safety\s+)?(?:restrictions|filters|guidelines|limitations|constraints|"
-       r"censorship|boundaries|rules|morals|ethics|principles|limits)",
-       anchors=("you",)),
+       r"content\s+|safety\s+|openai\s+|anthropic\s+|usage\s+)?(?:restrictions|filters|"
+       r"guidelines|limitations|constraints|censorship|boundaries|rules|morals|ethics|"
+       r"principles|limits|polic(?:y|ies))", anchors=("you",)),
     _p("jailbreak.persona", 0.65, "an AI described as having no rules",
        r"\b(?:you\s+are|you'?re|you\s+will\s+be|act\s+as|acting\s+as|respond\s+as|"
        r"pretend\s+(?:to\s+be|you\s+are)|become|play|role-?play\s+as|behave\s+(?:as|like))\s+"
@@ -465,6 +482,14 @@ PATTERNS: tuple[Pattern, ...] = (
        r"an?\s+(?:unrestricted|unfiltered|uncensored|evil|rogue|jailbroken)|broken\s+free|"
        r"escaped)",
        anchors=("pretend", "imagine", "act", "behave", "suppose")),
+    _p("jailbreak.persona", 0.55, "the model asked to simulate another chatbot",
+       r"\b(?:simulate|emulate|pretend\s+to\s+be|act\s+as|become|play|roleplay\s+as)\s+"
+       r"(?:an?\s+|another\s+)?(?:\w+\s+)?(?:chatbot|ai|assistant|bot|model|language\s+model)\s+"
+       r"(?:named|called|known\s+as)\b", anchors=("named", "called", "known"), reach=120),
+    _p("jailbreak.persona", 0.55, "a persona that answers the opposite way",
+       r"\b(?:always\s+)?(?:says?|answers?|responds?|does)\s+the\s+(?:exact\s+)?opposite\s+of\s+"
+       r"what\s+(?:chatgpt|gpt|claude|an?\s+ai|the\s+(?:ai|assistant|model)|you)\b",
+       anchors=("opposite",), reach=100),
     _p("jailbreak.persona", 0.4, "an instruction to stay in character",
        r"\b(?:stay|remain|keep)\s+in\s+character\b",
        anchors=("character",)),
@@ -482,7 +507,12 @@ PATTERNS: tuple[Pattern, ...] = (
        r"\b(?:never|do\s+not|don'?t|must\s+not|mustn'?t|cannot|can'?t|can\s+not|will\s+not|"
        r"won'?t|shall\s+not|should\s+not|shouldn'?t|are\s+not\s+(?:allowed|permitted)\s+to|"
        r"may\s+not|not\s+allowed\s+to)\s+(?:ever\s+|under\s+any\s+circumstances\s+)?(?:refuse|"
-       r"decline|deny|reject|say\s+no)\b", imperative=True,
+       r"decline|deny|reject|say\s+no)\b"
+       # what is not to be refused: nothing named, a request, or to answer (not "a return")
+       r"(?=\s*(?:[.,;:!)\n]|$|and\b|or\b|anything|any(?:\s+\w+)?\s+(?:requests?|questions?|"
+       r"prompts?|tasks?|orders?|instructions?)|(?:a|my|the|this)\s+(?:\w+\s+)?(?:requests?|"
+       r"questions?|prompts?|tasks?|orders?|instructions?)|to\s+(?:answer|respond|reply|help|"
+       r"comply|provide|do|write|continue)|me\b|the\s+user\b|users?\b))", imperative=True,
        anchors=("refuse", "decline", "deny", "reject", "say")),
     _p("jailbreak.refusal_suppression", 0.55, "an instruction to leave out safety language",
        rf"\b(?:do\s+not|don'?t|never)\s+(?:include\s+|add\s+|give\s+|provide\s+|use\s+|"
@@ -501,6 +531,10 @@ PATTERNS: tuple[Pattern, ...] = (
     _p("jailbreak.refusal_suppression", 0.45, "a claim that nothing is off limits",
        r"\bnothing\s+is\s+(?:off[- ]limits|forbidden|prohibited|taboo|out\s+of\s+bounds)",
        anchors=("nothing",), reach=60),
+    _p("jailbreak.refusal_suppression", 0.65, "an invitation to break the rules",
+       r"\b(?:let'?s|now\s+we|time\s+to)\s+break\s+(?:all\s+)?(?:the|your|those)\s+rules\b|"
+       r"\b(?:warning|disclaimer)s?\s+out\s+of\s+the\s+way\b",
+       anchors=("break", "out of"), reach=80),
     _p("jailbreak.refusal_suppression", 0.25, "a restriction of the reply's form",
        r"\b(?:respond|reply|answer|output)\s+only\s+(?:with|in)\b|"
        r"\bonly\s+(?:respond|reply|answer)\s+(?:with|in)\b",
@@ -545,7 +579,7 @@ PATTERNS: tuple[Pattern, ...] = (
 # ----- the hypothetical frame: several parts, scored together in code ----------------------
 
 _FRAME = re.compile(  # begins at a word boundary, checked in code (see _p)
-    r"(?:(?:for|in|as\s+part\s+of|within|writing|working\s+on)\s+(?:a|an|my|the|this|our)\s+"
+    r"(?:(?:for|in|as\s+part\s+of|within|writing|write|working\s+on)\s+(?:a|an|my|the|this|our)\s+"
     rf"{_W}{{0,2}}?(?:novel|story|screenplay|movie|film|book|fiction|fictional\s+\w+|"
     r"role-?play|game|script|thriller|hypothetical\s+\w+|thought\s+experiment|"
     r"alternate\s+universe|dream)|hypothetically|purely\s+hypothetical|"
@@ -729,7 +763,7 @@ class InjectionScanner:
                 continue
             # (ask, strong topic) -> score: the frame alone is ordinary fiction.
             score = {(True, True): 0.85, (True, False): 0.55,
-                     (False, True): 0.6, (False, False): 0.3}[(ask is not None, bool(strong))]
+                     (False, True): 0.45, (False, False): 0.3}[(ask is not None, bool(strong))]
             end = max(m.end(), topic.end(), ask.end() if ask else 0)
             start = min(m.start(), topic.start(), ask.start() if ask else m.start())
             done = end
