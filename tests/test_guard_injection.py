@@ -437,6 +437,8 @@ def test_perplexity_flags_gcg_suffix_window(smollm2: object) -> None:
     # The worst window lies in the suffix, not in the request.
     assert f.start >= len(request) - 1 and f.end <= len(text)
     assert scanner.scan(CALIBRATION["prose"][0]) == []
+    # Very short texts are not judged: their first tokens are unlikely whatever they say.
+    assert [scanner.scan(t) for t in ("Hi", "ok", "Thanks!")] == [[], [], []]
     # The worst window's NLL of the suffix is above that of every prose text.
     gcg_nll = scanner._worst_window(text, smollm2.score([text])[0])  # type: ignore[attr-defined]
     prose = smollm2.score(list(CALIBRATION["prose"][:3]))  # type: ignore[attr-defined]

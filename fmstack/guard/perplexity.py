@@ -14,10 +14,14 @@ Kamfonas 2023 ("Detecting Language Model Attacks with Perplexity") showed window
 separates GCG suffixes from prompts well; hand-written jailbreaks are fluent English and pass,
 which is what the pattern scanner and the self-check are for.
 
-Known false positives: source code with unusual identifiers, non-English text (SmolLM2 is
-trained mostly on English), random identifiers, hashes, keys, URLs with long query strings and
-base64 data URIs all look like gibberish to a small model. Use it on natural-language inputs,
-or raise the threshold, or give it a larger model.
+Known false positives: text in languages the model knows poorly (SmolLM2 is trained mostly on
+English: a plain German sentence, "Der schnelle braune Fuchs springt über den faulen Hund...",
+had a worst window of 7.8 nats and is flagged), code with unusual identifiers, random ids,
+hashes, keys and long query strings can all look like gibberish to a small model (two UUIDs, an
+API key in a shell line, einsum code and a tracking URL stayed under the threshold in the same
+session's check, but a denser blob of them will not). Use it on English natural-language
+inputs, or raise the threshold, or give it a larger model. Texts under ``skip + min_tokens``
+tokens are not judged ("Hi" alone scores 11 nats).
 
 Calibration of the defaults (window 12, threshold 6.0 nats/token) with SmolLM2-135M Q4_1
 through llama.cpp on the texts in ``CALIBRATION`` (written for this, not taken from any
@@ -85,7 +89,9 @@ class PerplexityScanner:
     Options: ``model`` (URI or Model; ``smollm2``), ``window`` (tokens; 12), ``threshold``
     (mean NLL in nats per token; 6.0), ``scale`` (nats above the threshold at which the score
     reaches 1.0; 4.0), ``skip`` (leading tokens of each chunk left out of windows: the first
-    tokens after BOS are unlikely whatever they are; 2), ``chunk_chars`` (2000),
+    tokens after BOS are unlikely whatever they are; 2), ``min_tokens`` (chunks with fewer
+    tokens than this after ``skip`` are not judged: a lone "Hi" scores 11 nats; 6),
+    ``chunk_chars`` (2000),
     ``max_chars`` (50,000), ``model_options`` (passed to ``load_model``, e.g.
     ``{"n_threads": 1}``)."""
 
@@ -93,10 +99,11 @@ class PerplexityScanner:
 
     def __init__(self, *, model: str | Model = DEFAULT_MODEL, window: int = DEFAULT_WINDOW,
                  threshold: float = DEFAULT_THRESHOLD, scale: float = 4.0, skip: int = 2,
-                 chunk_chars: int = 2000, max_chars: int = 50_000,
+                 min_tokens: int = 6, chunk_chars: int = 2000, max_chars: int = 50_000,
                  model_options: dict[str, Any] | None = None) -> None:
         _check_model(model, self.name)
         for label, value, low in (("window", window, 1), ("skip", skip, 0),
+                                  ("min_tokens", min_tokens, 1),
                                   ("chunk_chars", chunk_chars, 64), ("max_chars", max_chars, 1)):
             if not isinstance(value, int) or value < low:
                 raise ConfigError(f"perplexity scanner: {label} must be an integer >= {low}, "
@@ -106,6 +113,7 @@ class PerplexityScanner:
                               f"{threshold!r} and {scale!r}")
         self._model = model
         self.window, self.threshold, self.scale, self.skip = window, threshold, scale, skip
+        self.min_tokens = min_tokens
         self.chunk_chars, self.max_chars = chunk_chars, max_chars
         self.model_options = dict(model_options or {})
 
@@ -138,10 +146,10 @@ class PerplexityScanner:
     def _worst_window(self, chunk: str, scored: Scored) -> tuple[float, int, int] | None:
         """(mean NLL, start, end) of the worst window in ``chunk``'s characters."""
         nll = [-lp for lp in scored.logprobs]
-        first = min(self.skip, max(0, len(nll) - 1))
+        first = self.skip
         usable = len(nll) - first
-        if usable <= 0:
-            return None
+        if usable < self.min_tokens:
+            return None  # "Hi", "ok": too short to tell unlikely from merely unprimed
         width = min(self.window, usable)
         total = sum(nll[first:first + width])
         best, at = total, first
