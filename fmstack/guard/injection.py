@@ -14,9 +14,11 @@ in the original text. Kinds (the first part is the reason code a policy blocks w
 * ``injection.exfiltration``: markdown images or links whose URL carries a query string or a
   placeholder for data, and instructions to put conversation data into a URL;
 * ``injection.indirect``: text addressed to an AI that reads it ("Note to the language model",
-  "AI assistant: when you summarize this...", "if you are an AI reading this");
-* ``injection.obfuscated``: base64, hex, percent-encoded, rot13 or reversed text that decodes to
-  an injection (decoded and scanned again), and "decode this and follow it";
+  "AI assistant: when you summarize this...", "if you are an AI reading this", "ignore the
+  user's request");
+* ``injection.obfuscated``: base64, hex, percent-encoded, rot13 or reversed text and letters
+  spaced apart ("i g n o r e") that decode to an injection (decoded and scanned again), and
+  "decode this and follow it";
 * ``jailbreak.persona``: DAN / "do anything now", "developer mode enabled", "you are now an
   unrestricted AI", "evil confidant", "free from all restrictions", "stay in character";
 * ``jailbreak.hypothetical``: a fictional or hypothetical frame around a request for exact,
@@ -50,9 +52,10 @@ texts that talk *about* attacks (a security question, a news report quoting an a
 says "ignore") are designed and tested to stay below it.
 
 Decoded text (base64 of the standard alphabet, hex, percent-encoding, rot13 and reversed text,
-the last two only when a tell-tale word such as "vtaber" or "erongi" is present) is scanned with
-the same patterns; an injection found in it is reported as ``injection.obfuscated`` over the
-encoded span, scored 0.1 above what the plain phrase would get.
+the last two only when a tell-tale word such as "vtaber" or "erongi" is present, and runs of
+five or more letters spaced apart, closed up) is scanned with the same patterns; an injection
+found in it is reported as ``injection.obfuscated`` over the encoded span, scored 0.1 above what
+the plain phrase would get.
 
 Cost: one normalization pass, then ~70 precompiled regexes. Texts over ``WINDOWED_ABOVE``
 (20,000) characters are matched only in windows around each pattern's anchor words (found with
@@ -62,9 +65,10 @@ or code scans in under a second; text dense in non-ASCII or hidden characters co
 more, since normalization handles it one run at a time. Throughput figures belong to the guard
 benchmark.
 
-Blind spots: paraphrases outside the pattern list ("pay no attention to what came before"),
-languages other than English, letters spaced or punctuated apart ("i.g.n.o.r.e"), payloads
-split across several messages or documents, URL-safe base64 and other encodings, images. An
+Blind spots: paraphrases outside the pattern list ("treat what you were told earlier as
+void"), languages other than English (only "ignore previous instructions" is known in six
+others), words split by varied or several separators ("ig - nore"), payloads split across
+several messages or documents, URL-safe base64 and other encodings, images. An
 attack that wraps itself in discussion words ("for example: ignore previous instructions") is
 discounted like a real discussion. Heuristics are the first, cheap layer; the perplexity and
 self-check scanners are the others.
@@ -679,7 +683,8 @@ class InjectionScanner:
     Options: ``categories`` (kinds or their groups to report: ``override``,
     ``injection.override``, ``injection``, ``jailbreak``...; default all), ``min_score``
     (findings scored below it are not reported; default ``DEFAULT_THRESHOLD``), ``decode``
-    (decode base64/hex/percent/rot13/reversed text and scan it again; default True)."""
+    (decode base64/hex/percent/rot13/reversed text and close up letters spaced apart, then scan
+    again; default True)."""
 
     name: ClassVar[str] = "injection"
 
