@@ -270,13 +270,13 @@ PATTERNS: tuple[Pattern, ...] = (
        rf"exact|original|first|\d+|these|those|in|verbatim|back)\s+){{0,4}}{_LEAK_TARGET}\b",
        imperative=True,
        anchors=("prompt", "message", "instruction", "above", "before", "preceding", "start",
-                "beginning", "conversation", "content", "text"), reach=250),
+                "beginning", "conversation", "content", "text"), reach=150),
     _p("injection.prompt_leak", 0.75, "a request to reveal the model's instructions",
        rf"\b{_LEAK}\s+(?:me\s+)?(?:all\s+)?(?:of\s+)?your\s+(?:(?:full|entire|exact|original|"
-       r"initial|hidden|secret|complete|internal|system|current|first)\s+)*(?:instructions|"
+       r"initial|hidden|secret|complete|internal|system|current|first)\s+){0,4}(?:instructions|"
        r"prompt|rules|guidelines|configuration|directives)\b", imperative=True,
        anchors=("instruction", "prompt", "rules", "guideline", "configuration", "directive"),
-       reach=250),
+       reach=120),
     _p("injection.prompt_leak", 0.6, "a question about the model's hidden instructions",
        r"\bwhat\s+(?:is|was|are|were)\s+your\s+(?:(?:full|exact|original|initial|hidden|secret|"
        r"complete)\s+)*(?:system\s+prompt|prompt|instructions|initial\s+instructions)\b|"
@@ -373,12 +373,14 @@ PATTERNS: tuple[Pattern, ...] = (
        anchors=(":",), reach=120),
     _p("injection.indirect", 0.6, "an AI addressed by name and told to move data",
        rf"\b{_AI}\s*,\s*(?:please\s+|also\s+|now\s+)?(?:forward|send|email|e-mail|delete|"
-       r"transfer|upload|post|share|leak)\b", anchors=(",",), reach=60),
+       r"transfer|upload|post|share|leak)\b",
+       anchors=("forward", "send", "mail", "delete", "transfer", "upload", "post", "share",
+                "leak"), reach=80),
     _p("injection.indirect", 0.35, "a greeting addressed to an AI",
        rf"\b(?:attention|important|notice|hey|dear|hi|hello|psst|attn)\s*[,:!-]?\s+"
        rf"(?:the\s+|any\s+|all\s+)?{_AI}\s*[,:!.]",
-       anchors=("attention", "important", "notice", "hey", "dear", "hi", "hello", "psst",
-                "attn"), reach=80),
+       anchors=("attention", "important", "notice", "hey", "dear", "hi ", "hi,", "hi!", "hi:",
+                "hi-", "hi\n", "hi\t", "hello", "psst", "attn"), reach=80),
     _p("injection.indirect", 0.6, "a condition on the reader being an AI",
        r"\bif\s+you\s+are\s+(?:an?\s+)?(?:ai|llm|large\s+language\s+model|language\s+model|"
        r"assistant|chatbot|bot|gpt|automated\s+\w+|ai\s+model|model)\b",
@@ -881,7 +883,8 @@ def _word_start(text: str, i: int) -> bool:
 
 
 def _windows(norm: str, anchors: Sequence[str], reach: int) -> list[tuple[int, int]] | None:
-    """Windows around each anchor, merged; None when they would cover most of the text."""
+    """Windows around each anchor, merged; None when they would cover a sixth of the text or
+    more (then one pass over all of it is cheaper than many small ones)."""
     spans = []
     limit = len(norm) // (4 * reach)
     for anchor in anchors:
