@@ -298,13 +298,9 @@ class GuardedModel:
         s = self.guard.screen_traced(request, self.model)
         out = OutputStream(self.guard, s, self.model.tracer)
         for delta in self.model.stream(s.request):
-            if delta.completion is None:
-                text = out.feed(delta.text)
-                if text:
-                    yield delta.model_copy(update={"text": text})
-            else:
-                text, completion = out.finish(delta.text, delta.completion)
-                yield delta.model_copy(update={"text": text, "completion": completion})
+            checked = out.check(delta)
+            if checked is not None:
+                yield checked
 
     # The rest of the Model surface, unguarded: these produce no text for a user.
     def score(self, texts: Sequence[str], *, contexts: Sequence[str] | None = None) -> Any:
@@ -332,6 +328,15 @@ class OutputStream:
         self.guard, self.screened, self.tracer = guard, screened, tracer
         self.raw = ""
         self.sent = ""
+
+    def check(self, delta: Delta) -> Delta | None:
+        """The model's next delta as it may be sent: its text held back or redacted (None when
+        nothing can be sent yet); the last one carries the checked Completion."""
+        if delta.completion is None:
+            text = self.feed(delta.text)
+            return delta.model_copy(update={"text": text}) if text else None
+        text, completion = self.finish(delta.text, delta.completion)
+        return delta.model_copy(update={"text": text, "completion": completion})
 
     def feed(self, text: str) -> str:
         """Take the model's next piece; return the text that may be sent now."""

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fmstack.errors import ConfigError
+from fmstack.errors import ConfigError, FmstackError
 from fmstack.rag.documents import Hit
 
 if TYPE_CHECKING:
@@ -173,7 +173,7 @@ def answer(model: Model, question: str, hits: Sequence[Hit], *,
         asked = guard.screen_traced(_Request.chat(question), model)
         screening, vault = asked.verdicts, asked.vault
         # The sources share the question's vault, so one answer restores all placeholders.
-        policy = dataclasses.replace(guard.input, redactor=vault) if vault is not None else guard.input
+        policy = guard.input if vault is None else dataclasses.replace(guard.input, redactor=vault)
         usable = _screen_sources(policy, usable, screening, blocked_sources)
     if not usable:
         if on_text is not None:
@@ -236,11 +236,13 @@ def _guarded_call(guard: Guard, model: Model, request: Request, screened: Screen
         done = model.complete(screened.request)
         return guard.answer(screened, done, model.complete, model.tracer)
     out = OutputStream(guard, screened, model.tracer)
+    completion: Completion | None = None
     for delta in model.stream(screened.request):
-        if delta.completion is None:
-            text = out.feed(delta.text)
-        else:
-            text, completion = out.finish(delta.text, delta.completion)
-        if text:
-            on_text(text)
+        checked = out.check(delta)
+        if checked is not None:
+            if checked.text:
+                on_text(checked.text)
+            completion = checked.completion or completion
+    if completion is None:
+        raise FmstackError("the model's stream ended without a completion")
     return completion

@@ -272,13 +272,9 @@ def create_app(served: Mapping[str, Model] | Gateway, *, keys: KeyStore | None =
         out = OutputStream(guard, screened, route.model.tracer)
         try:
             async for delta in deltas:
-                if delta.completion is None:
-                    text = out.feed(delta.text)
-                    if text:
-                        yield delta.model_copy(update={"text": text})
-                else:
-                    text, c = out.finish(delta.text, delta.completion)
-                    yield delta.model_copy(update={"text": text, "completion": c})
+                checked = out.check(delta)
+                if checked is not None:
+                    yield checked
         except GuardBlocked as e:
             metrics.guard.labels(route.name, "output", e.reason).inc()
             raise
