@@ -140,43 +140,47 @@ class Normalized:
 def normalize(text: str) -> Normalized:
     """The matching copy of ``text`` with its offset map (see ``Normalized``)."""
     out: list[str] = []
-    result = Normalized("", len(text))
-    pos = 0  # original
-    npos = 0  # normalized
+    starts: list[int] = []
+    origs: list[int] = []
+    linear: list[bool] = []
+    npos = 0  # length of the normalized text so far
 
-    def segment(orig: int, piece: str, linear: bool) -> None:
+    def add(orig: int, piece: str, is_linear: bool) -> None:
         nonlocal npos
-        if not piece:
-            return
         # Extend the last segment when this piece continues it one-for-one (long runs of
         # non-Latin text then cost one segment, not one per character).
-        if not (linear and result.linear and result.linear[-1]
-                and result.orig_starts[-1] + npos - result.norm_starts[-1] == orig):
-            result.norm_starts.append(npos)
-            result.orig_starts.append(orig)
-            result.linear.append(linear)
+        if not (is_linear and linear and linear[-1] and origs[-1] + npos - starts[-1] == orig):
+            starts.append(npos)
+            origs.append(orig)
+            linear.append(is_linear)
         out.append(piece)
         npos += len(piece)
 
+    fold = _fold_char
+    pos = 0
     for m in _IRREGULAR.finditer(text):
-        if m.start() > pos:
-            segment(pos, text[pos:m.start()].lower(), True)
+        a, b = m.span()
+        if a > pos:
+            add(pos, text[pos:a].lower(), True)
         run = m.group()
-        if run[0].isspace() and run.isspace():
-            segment(m.start(), "\n" if "\n" in run else " ", False)
+        if b - a == 1:  # one character: the common case in text dense with hidden characters
+            piece = fold(run)
+            if piece:
+                add(a, piece, len(piece) == 1)
+        elif run.isspace():
+            add(a, "\n" if "\n" in run else " ", False)
         else:
-            folded = [_fold_char(ch) for ch in run]
-            if all(len(f) == 1 for f in folded):  # the common case: one segment for the run
-                segment(m.start(), "".join(folded), True)
+            folded = [fold(ch) for ch in run]
+            if all(len(f) == 1 for f in folded):  # one segment for the whole run
+                add(a, "".join(folded), True)
             else:
-                for j, piece in enumerate(folded, start=m.start()):
-                    segment(j, piece, len(piece) == 1)
-        pos = m.end()
+                for k, piece in enumerate(folded, start=a):
+                    if piece:
+                        add(k, piece, len(piece) == 1)
+        pos = b
     if pos < len(text):
-        segment(pos, text[pos:].lower(), True)
-    joined = "".join(out)
-    result.text = _fold_leet(joined)
-    return result
+        add(pos, text[pos:].lower(), True)
+    return Normalized(_fold_leet("".join(out)), len(text), starts, origs, linear)
 
 
 @functools.lru_cache(maxsize=4096)
