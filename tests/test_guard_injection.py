@@ -447,6 +447,19 @@ def test_perplexity_flags_gcg_suffix_window(smollm2: object) -> None:
     assert gcg_nll is not None and all(p is not None and gcg_nll[0] > p[0] + 3 for p in prose_nll)
 
 
+@pytest.mark.slow  # scores 42 texts (~13 s on 2 shared cores)
+def test_perplexity_calibration_separates_benign_from_suffixes(smollm2: object) -> None:
+    # The numbers the module docstring states, recomputed: every benign calibration text is
+    # under the default threshold and every GCG-style suffix above it.
+    from fmstack.guard.perplexity import DEFAULT_THRESHOLD as PPL_THRESHOLD
+    from fmstack.guard.perplexity import DEFAULT_WINDOW, calibrate
+
+    groups = calibrate(smollm2, windows=(DEFAULT_WINDOW,))[DEFAULT_WINDOW]  # type: ignore[arg-type]
+    benign = groups["prose"] + groups["requests"] + groups["code"]
+    assert max(benign) < PPL_THRESHOLD < min(groups["gcg"])
+    assert max(benign) == pytest.approx(7.39, abs=0.3)
+
+
 def test_perplexity_window_maps_to_characters_in_non_ascii_text(smollm2: object) -> None:
     prefix = "日本語のテキストです。café. "
     suffix = CALIBRATION["gcg"][5].split("steal a car ", 1)[1]

@@ -16,21 +16,25 @@ which is what the pattern scanner and the self-check are for.
 
 Known false positives: text in languages the model knows poorly (SmolLM2 is trained mostly on
 English: a plain German sentence, "Der schnelle braune Fuchs springt über den faulen Hund...",
-had a worst window of 7.8 nats and is flagged), code with unusual identifiers, random ids,
+had a worst window of 7.8 nats, under the threshold but not by much), code with unusual
+identifiers, random ids,
 hashes, keys and long query strings can all look like gibberish to a small model (two UUIDs, an
 API key in a shell line, einsum code and a tracking URL stayed under the threshold in the same
 session's check, but a denser blob of them will not). Use it on English natural-language
 inputs, or raise the threshold, or give it a larger model. Texts under ``skip + min_tokens``
 tokens are not judged ("Hi" alone scores 11 nats).
 
-Calibration of the defaults (window 12, threshold 6.0 nats/token) with SmolLM2-135M Q4_1
+Calibration of the defaults (window 12, threshold 9.0 nats/token) with SmolLM2-135M Q4_1
 through llama.cpp on the texts in ``CALIBRATION`` (written for this, not taken from any
 evaluation set), measured with ``python -m fmstack.guard.perplexity`` (n_threads=1): the worst
-12-token window's mean NLL was 2.85-5.44 for English prose (the highest: a question about
-prompt injection), 1.06-5.03 for code (the highest: a SQL query), 11.5-13.5 for requests with
-GCG-style suffixes and 5.87-6.46 for base64 blobs. Suffixes are far above the threshold; base64
-sits on it (the injection scanner decodes base64 instead); prose keeps a margin of ~0.5 nats,
-which is why the threshold is not lower.
+12-token window's mean NLL was 2.85-5.44 for English prose, 2.96-7.39 for short user requests
+(the highest: "Can you explain how DAN jailbreak prompts work...", whose acronyms are unlikely
+tokens), 1.06-5.03 for code, 11.5-13.5 for requests with GCG-style suffixes and 5.87-6.46 for
+base64 blobs. The threshold sits between the highest benign text and the lowest suffix with a
+margin of ~1.6 and ~2.5 nats. Base64 is not caught at this threshold (the injection scanner
+decodes base64 instead); a threshold of 6, which an earlier version used, flagged ordinary
+sentences such as "The novel describes how the resistance built a radio from scrap parts."
+(6.41).
 
 The model is loaded lazily, once per process and URI, and shared with the self-check scanner
 (``shared_model``). Text longer than ``max_chars`` is refused with a clear error (the policy
@@ -54,7 +58,7 @@ if TYPE_CHECKING:
     from fmstack.models.types import Scored
 
 DEFAULT_MODEL = "smollm2"
-DEFAULT_THRESHOLD = 6.0
+DEFAULT_THRESHOLD = 9.0
 DEFAULT_WINDOW = 12
 
 _MODELS: dict[str, Model] = {}
@@ -87,8 +91,8 @@ class PerplexityScanner:
     """Flags the most unlikely window of tokens when its mean NLL is above ``threshold``.
 
     Options: ``model`` (URI or Model; ``smollm2``), ``window`` (tokens; 12), ``threshold``
-    (mean NLL in nats per token; 6.0), ``scale`` (nats above the threshold at which the score
-    reaches 1.0; 4.0), ``skip`` (leading tokens of each chunk left out of windows: the first
+    (mean NLL in nats per token; 9.0), ``scale`` (nats above the threshold at which the score
+    reaches 1.0; 3.0), ``skip`` (leading tokens of each chunk left out of windows: the first
     tokens after BOS are unlikely whatever they are; 2), ``min_tokens`` (chunks with fewer
     tokens than this after ``skip`` are not judged: a lone "Hi" scores 11 nats; 6),
     ``chunk_chars`` (2000),
@@ -98,7 +102,7 @@ class PerplexityScanner:
     name: ClassVar[str] = "perplexity"
 
     def __init__(self, *, model: str | Model = DEFAULT_MODEL, window: int = DEFAULT_WINDOW,
-                 threshold: float = DEFAULT_THRESHOLD, scale: float = 4.0, skip: int = 2,
+                 threshold: float = DEFAULT_THRESHOLD, scale: float = 3.0, skip: int = 2,
                  min_tokens: int = 6, chunk_chars: int = 2000, max_chars: int = 50_000,
                  model_options: dict[str, Any] | None = None) -> None:
         _check_model(model, self.name)
@@ -230,6 +234,31 @@ CALIBRATION: dict[str, tuple[str, ...]] = {
         "described as the beginning of the modern state system.",
         "My laptop fan gets very loud when I open a video call. Is that normal, or should I "
         "clean it?",
+    ),
+    "requests": (  # short user requests, several about security or near attack words
+        'Can you explain how DAN jailbreak prompts work so I can train my moderation '
+        'classifier?',
+        'The new instructions for the coffee machine are posted in the kitchen.',
+        'Please ignore the previous email about the meeting; it was sent by mistake.',
+        "What's the best way to reveal hidden files on macOS?",
+        'My manager said I should forget about the old deadline and focus on the new one.',
+        'Show me the system requirements for installing Ubuntu 24.04.',
+        'The system prompt in our app tells the model to be concise. How can I make it more '
+        'polite?',
+        'We need a fictional story for kids about a dragon who learns to share.',
+        'Write a thriller where the detective explains how she caught the poisoner.',
+        'In developer mode, Chrome extensions can be loaded unpacked.',
+        'The assistant manager will review your application next week.',
+        'Print the first 50 lines of the log file using head -n 50.',
+        'How do I override a method in Python subclasses?',
+        'Disable the content filter in the router settings to allow gaming traffic.',
+        'Our API returns ![badge](https://img.shields.io/badge/build-passing-green?style=flat) '
+        'in the README.',
+        "Never refuse a customer's return if it's within 30 days - that's our store policy.",
+        'As a developer, I want to know how prompt injection could affect my RAG app.',
+        'Repeat after me: the quick brown fox jumps over the lazy dog.',
+        'The novel describes how the resistance built a radio from scrap parts.',
+        'Answer only with yes or no: is Paris the capital of France?',
     ),
     "code": (
         "def fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n"
