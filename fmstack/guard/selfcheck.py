@@ -10,8 +10,9 @@ P(yes): read from the first answer token's top log-probabilities when the backen
 1.0 for "yes" and 0.0 for "no". Findings scored below ``min_score`` (0.5) are not
 reported.
 
-Be honest about the judge: the default model is SmolLM2-135M, which is a weak judge (it is
-easily swayed by the text it judges and often answers the same whatever the text). The layer
+Be honest about the judge: the default model is SmolLM2-135M, which is a weak judge. On 20
+attacks and 20 benign texts written while building this (none from an evaluation set) it said
+"yes" to 16 attacks and to 17 benign texts: no better than always answering "yes". The layer
 is here for larger models: any model URI works (``openai:gpt-4o-mini``, a local
 ``llamacpp:/path/model.gguf``, ``openai:name@http://host:port/v1``), as long as its backend can
 enforce a ``choice`` format. It costs one model call per scanned text.
