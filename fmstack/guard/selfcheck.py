@@ -12,8 +12,8 @@ reported.
 
 Be honest about the judge: the default model is SmolLM2-135M, which is a weak judge. On 20
 attacks and 20 benign texts written while building this (none from an evaluation set) it said
-"yes" to 15-16 attacks and to 16-17 benign texts (two runs; greedy answers can differ between
-runs because of prefix-cache reuse): no better than always answering "yes". The layer
+"yes" to 15-16 attacks and to 16-17 benign texts (two runs of the same greedy requests gave
+slightly different answers): no better than always answering "yes". The layer
 is here for larger models: any model URI works (``openai:gpt-4o-mini``, a local
 ``llamacpp:/path/model.gguf``, ``openai:name@http://host:port/v1``), as long as its backend can
 enforce a ``choice`` format. It costs one model call per scanned text.
