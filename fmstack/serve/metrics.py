@@ -97,11 +97,15 @@ class ServerMetrics:
                     "accepted": ("fmstack_engine_spec_accepted_tokens", "Draft tokens the "
                                  "model's own sampling agreed with"),
                     "steps": ("fmstack_engine_steps", "Engine steps (llama_decode calls)"),
+                    "decode_seconds": ("fmstack_engine_decode_seconds", "Time inside "
+                                       "llama_decode"),
+                    "step_seconds": ("fmstack_engine_step_seconds", "Time in engine steps "
+                                     "(decode, batch building and sampling)"),
                 }
-                totals: dict[str, dict[str, int]] = {}
+                totals: dict[str, dict[str, float]] = {}
                 busy: dict[str, int] = {}
                 for model, stats in engines():
-                    row = totals.setdefault(model, dict.fromkeys(names, 0))
+                    row = totals.setdefault(model, dict.fromkeys(names, 0.0))
                     for key in names:
                         row[key] += getattr(stats, key)
                     busy[model] = busy.get(model, 0) + stats.busy

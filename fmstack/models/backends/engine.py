@@ -37,12 +37,13 @@ class EngineModel(LlamaCppModel):
     )
 
     def __init__(self, target: str, *, name: str, tracer: TraceStore | None = None,
-                 parallel: int = 8, n_ctx: int | None = None, chunk: int = 64,
+                 parallel: int = 8, n_ctx: int | None = None, chunk: int | None = None,
                  n_threads: int | None = None, n_batch: int = 512, n_gpu_layers: int = 0,
                  flash_attn: bool = True, seed: int | None = None, speculative: int = 0,
                  draft: str | None = None, exact_prefix: bool = False) -> None:
         """``parallel`` slots (sequences decoded at once), ``n_ctx`` tokens of KV cache in all
-        (default 2048 per slot), prompts prefilled in ``chunk``-token pieces; ``speculative``
+        (default 2048 per slot), prompts prefilled in ``chunk``-token pieces (default 512, 64
+        with ``exact_prefix``), interleaved with decoding; ``speculative``
         draft tokens per step (0: off), by prompt lookup or, with ``draft`` (a GGUF model alias
         or path with the same vocabulary), by that model (``speculative`` then defaults to 4).
         ``exact_prefix``: reuse cached prefixes only where that keeps answers bit-identical to
@@ -57,6 +58,12 @@ class EngineModel(LlamaCppModel):
                          n_threads=n_threads, n_batch=n_batch, n_gpu_layers=n_gpu_layers,
                          flash_attn=flash_attn, seed=seed)
         from fmstack.models.engine import Engine
+
+        # Prompt tokens per sequence and step. Exact reuse needs small chunks at fixed
+        # positions; otherwise a prompt fills the step, as llama-server does: measured on 48
+        # GSM8K prompts at 16 slots, 512 gave 13% more output tokens/s than 64 (66.6 vs 75.3 s).
+        if chunk is None:
+            chunk = 64 if exact_prefix else 512
 
         self._draft: LlamaCppModel | None = None
         try:

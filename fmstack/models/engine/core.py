@@ -116,6 +116,10 @@ class EngineStats:
     decoded_tokens: int
     drafted: int
     accepted: int
+    # Where the engine thread's time goes: inside llama_decode, and in whole steps (decode plus
+    # building the batch and sampling). The difference is the Python cost of a step.
+    decode_seconds: float = 0.0
+    step_seconds: float = 0.0
 
     @property
     def acceptance(self) -> float | None:
@@ -168,6 +172,7 @@ class Engine:
         self._closed = False
         self.steps = 0
         self.decoded_tokens = 0
+        self.decode_seconds = self.step_seconds = 0.0
         if speculative < 0 or ngram < 1:
             raise ConfigError("speculative must be >= 0 and ngram >= 1")
         self.speculative, self.ngram = speculative, ngram
@@ -210,7 +215,8 @@ class Engine:
                                waiting=len(self._waiting), prefix_hits=self.pool.hits,
                                prefix_saved_tokens=self.pool.saved_tokens, steps=self.steps,
                                decoded_tokens=self.decoded_tokens, drafted=self.drafted,
-                               accepted=self.accepted)
+                               accepted=self.accepted, decode_seconds=self.decode_seconds,
+                               step_seconds=self.step_seconds)
 
     def close(self) -> None:
         with self._cond:
@@ -251,7 +257,9 @@ class Engine:
                 self._admit()
             if self._running:
                 try:
+                    started = time.perf_counter()
                     self._step()
+                    self.step_seconds += time.perf_counter() - started
                 except Exception as e:  # the context is in an unknown state: fail everyone
                     with self._cond:
                         for seq in list(self._running):
@@ -333,7 +341,9 @@ class Engine:
             while seq.fed < end:
                 put(seq, ids[seq.fed], seq.fed == len(ids) - 1)
         batch.n_tokens = n
+        started = time.perf_counter()
         rc = ll.llama_decode(self._ctx, batch)
+        self.decode_seconds += time.perf_counter() - started
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc}")
         self.steps += 1
