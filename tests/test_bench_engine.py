@@ -4,31 +4,19 @@ the benchmark, not here (building llama.cpp takes many minutes)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import bench_scripts  # tests/ is on sys.path under pytest
 import pytest
-
-BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 @pytest.fixture(scope="module")
 def engine() -> ModuleType:
-    # The scripts import their helpers as ``_servers``, from the folder they live in.
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_engine", BENCH / "engine.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCH))
+    return bench_scripts.load("engine")
 
 
 def row(tok_s: float, *, cut: int = 0, shorter: int | None = 0) -> dict[str, Any]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
-import importlib.util
 import json
 import os
 import re
@@ -20,6 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import bench_scripts  # tests/ is on sys.path under pytest
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,17 +47,7 @@ def rows() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def guard() -> ModuleType:
-    # The script imports its helpers as ``_servers``, from the folder it lives in.
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_guard", BENCH / "guard.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCH))
+    return bench_scripts.load("guard")
 
 
 def of(rows: list[dict[str, Any]], category: str) -> list[str]:

@@ -5,16 +5,15 @@ checked here too, on a small sample."""
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import secrets
 import string
-import sys
 import threading
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import bench_scripts  # tests/ is on sys.path under pytest
 import pytest
 from stdnum import iban, luhn
 from stdnum.br import cpf
@@ -35,17 +34,10 @@ from fmstack.guard.credentials import SecretsScanner, shannon_entropy
 from fmstack.guard.pii import KINDS, PIIScanner
 from fmstack.guard.vault import Vault
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "guard_pii.py"
-
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_guard_pii", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_guard_pii"] = module
-    spec.loader.exec_module(module)
-    return module
+    return bench_scripts.load("guard_pii")
 
 
 @pytest.fixture(scope="module")
