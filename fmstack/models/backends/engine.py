@@ -60,8 +60,9 @@ class EngineModel(LlamaCppModel):
         from fmstack.models.engine import Engine
 
         # Prompt tokens per sequence and step. Exact reuse needs small chunks at fixed
-        # positions; otherwise a prompt fills the step, as llama-server does: measured on 48
-        # GSM8K prompts at 16 slots, 512 gave 13% more output tokens/s than 64 (66.6 vs 75.3 s).
+        # positions; otherwise a prompt fills the step, as llama-server does: on 48 GSM8K
+        # prompts at 16 slots, 512 gave 19% more output tokens/s than 64
+        # (bench/engine_steps.py --chunks 64,512 --dataset gsm8k).
         if chunk is None:
             chunk = 64 if exact_prefix else 512
 
