@@ -438,14 +438,18 @@ def test_demo_runs_to_completion() -> None:
                           env=env(), timeout=300)
     assert done.returncode == 0, done.stderr
     for heading in ("1. generate", "2. structured output", "3. best-of-N",
-                    "4. self-consistency", "5. a prompt file", "6. the traces",
+                    "4. self-consistency", "5. a prompt file", "6. guards", "7. the traces",
                     "tour finished"):
         assert heading in done.stdout
     assert "Paris" in done.stdout
-    # The prompt-file step: its traced prompt is the text it showed, tagged with its version.
     flat = " ".join(done.stdout.split())  # rich wraps long lines
+    # The guard step: the injection is refused, and the vault gives the address back.
+    assert "guard blocked (injection)" in flat
+    assert "model The new address of the office manager is ada@example.org" in flat
+    # The prompt-file step: its traced prompt is the text it showed, tagged with its version.
     assert "traced prompt identical to the text above" in flat
     assert '"prompt": "capital"' in flat
     assert re.search(r"(\d+) traces in", done.stdout)
-    assert int(re.search(r"(\d+) traces in", done.stdout).group(1)) == len(traces()) == 6  # type: ignore[union-attr]
+    # Six calls, the blocked request (traced, never sent to the model) and the guarded one.
+    assert int(re.search(r"(\d+) traces in", done.stdout).group(1)) == len(traces()) == 8  # type: ignore[union-attr]
 
