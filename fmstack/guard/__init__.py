@@ -22,6 +22,7 @@ from fmstack.guard.core import (
     scanner_classes,
 )
 from fmstack.guard.guard import Guard, GuardedModel, Screened, guarded, load_policy
+from fmstack.guard.spotlight import Spotlight
 
 __all__ = [
     "ACTIONS",
@@ -34,6 +35,7 @@ __all__ = [
     "Rule",
     "Scanner",
     "Screened",
+    "Spotlight",
     "Verdict",
     "guarded",
     "load_policy",
