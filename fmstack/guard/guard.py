@@ -73,6 +73,12 @@ class Screened:
 
 @dataclass
 class Guard:
+    """An input policy, an output policy and what goes with them: a vault (reversible
+    redaction), a re-ask budget for blocked answers, spotlighting of tool output, and the canary
+    its output policy plants (one token per Guard, so a server's routes that share a policy file
+    share it). ``screen`` a request, send ``Screened.request``, then ``answer`` (or stream
+    through ``OutputStream``)."""
+
     input: Policy = field(default_factory=Policy)
     output: Policy = field(default_factory=Policy)
     vault: bool = False
