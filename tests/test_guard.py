@@ -202,7 +202,6 @@ def test_stream_redacts_before_text_leaves(traced_model) -> None:  # type: ignor
     trace = traced_model.tracer.get(final.trace_id or 0)
     assert trace is not None and trace["guard"]["output"][0]["findings"][0]["kind"] == \
         "banned.string"
-    assert len(final.text) > STREAM_HOLDBACK or len(pieces) >= 1
 
 
 def test_guard_record_is_json(tmp_path: Path) -> None:
@@ -252,3 +251,32 @@ def test_tool_output_is_scanned_and_spotlit() -> None:
     assert info.value.record["input"][-1]["where"] == "messages[2]"
     with pytest.raises(ConfigError, match="unknown spotlight mode 'glow'"):
         guard_from_config({"spotlight": "glow"})
+
+
+def test_output_stream_releases_text_behind_the_model_and_never_leaks() -> None:
+    from fmstack.guard.guard import OutputStream, Screened
+    from fmstack.models.types import Choice, Completion, Delta
+
+    guard = Guard(output=Policy([Rule(banned("hunter2"), "redact")]))
+    text = "word " * 60 + "the code is hunter2 " + "word " * 60
+    out = OutputStream(guard, Screened(Request.chat("hi")))
+    pieces = [out.check(Delta(text=text[i:i + 3])) for i in range(0, len(text), 3)]
+    released = [p.text for p in pieces if p is not None]
+    # Text leaves while the model is still writing, one hold-back behind it...
+    shown = text.replace("hunter2", "[STRING]")
+    assert released and sum(map(len, released)) == len(shown) - STREAM_HOLDBACK
+    last = out.check(Delta(text="", completion=Completion(
+        model="m", choices=[Choice(text=text, finish_reason="stop")])))
+    assert last is not None and last.completion is not None
+    # ...and the banned word was redacted before any of it was sent.
+    sent = "".join(released) + last.text
+    assert sent == shown == last.completion.text
+    assert "hunter" not in "".join(released)
+
+    # A redaction that would reach text already sent stops the stream (fails closed).
+    late = OutputStream(Guard(output=Policy([Rule(BannedScanner(patterns=[r"word.*END"]),
+                                                  "redact")])), Screened(Request.chat("hi")))
+    with pytest.raises(GuardBlocked, match="already streamed"):
+        for i in range(0, len(text), 3):
+            late.check(Delta(text=text[i:i + 3]))
+        late.check(Delta(text=" END"))

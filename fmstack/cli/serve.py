@@ -127,10 +127,10 @@ def serve(
             cfg.guard = guard
         from fmstack.serve.config import load_guards
 
-        route_guards, key_guards = load_guards(cfg, specs)  # before loading models: fail fast
+        guards = load_guards(cfg, specs)  # before loading models: a bad policy fails fast
         gateway = _load(specs, sizing)
     app = create_app(gateway, keys=keystore, embeddings=cfg.embeddings,
-                     guards=route_guards, key_guards=key_guards,
+                     guards=guards.routes, key_guards=guards.keys,
                      cache=ResponseCache(cfg.cache.max_entries) if cfg.cache else None,
                      cors_origins=[*cfg.cors_origins, *(cors or [])], ui=ui)
     common.err().print(f"serving {', '.join(gateway.routes)} on http://{host}:{port}/v1"

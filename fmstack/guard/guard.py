@@ -341,7 +341,7 @@ class OutputStream:
         if delta.completion is None:
             text = self.feed(delta.text)
             return delta.model_copy(update={"text": text}) if text else None
-        text, completion = self.finish(delta.text, delta.completion)
+        text, completion = self._finish(delta.text, delta.completion)
         return delta.model_copy(update={"text": text, "completion": completion})
 
     def feed(self, text: str) -> str:
@@ -353,7 +353,7 @@ class OutputStream:
         shown = self.screened.show(verdict.text)
         return self._release(shown[: max(len(self.sent), len(shown) - STREAM_HOLDBACK)])
 
-    def finish(self, text: str, completion: Completion) -> tuple[str, Completion]:
+    def _finish(self, text: str, completion: Completion) -> tuple[str, Completion]:
         """The last piece and the Completion: the rest of the (checked) answer, and the
         Completion with its guard record."""
         self.raw += text

@@ -24,6 +24,7 @@ key_guards: {partner: strict}     # policy per API key name (wins over the model
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,9 +70,17 @@ def load_config(path: Path) -> ServeConfig:
         raise ConfigError(f"serve config {path}: {problems}") from None
 
 
-def load_guards(cfg: ServeConfig, specs: list[RouteSpec]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The Guard of each served name and of each API key named in ``key_guards``; one policy
-    file loads once, so routes naming the same one share a Guard (and its canary)."""
+@dataclass
+class Guards:
+    """The Guard of each served name, and of each API key named in ``key_guards``."""
+
+    routes: dict[str, Any]
+    keys: dict[str, Any]
+
+
+def load_guards(cfg: ServeConfig, specs: list[RouteSpec]) -> Guards:
+    """Load the policies a config names; one policy file loads once, so routes naming the same
+    one share a Guard (and its canary)."""
     from fmstack.guard import load_policy
 
     loaded: dict[str, Any] = {}
@@ -81,6 +90,5 @@ def load_guards(cfg: ServeConfig, specs: list[RouteSpec]) -> tuple[dict[str, Any
             loaded[name] = load_policy(name)
         return loaded[name]
 
-    routes = {spec.name: get(g) for spec in specs if (g := spec.guard or cfg.guard)}
-    keys = {key: get(g) for key, g in cfg.key_guards.items()}
-    return routes, keys
+    return Guards(routes={spec.name: get(g) for spec in specs if (g := spec.guard or cfg.guard)},
+                  keys={key: get(g) for key, g in cfg.key_guards.items()})
