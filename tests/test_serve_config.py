@@ -62,6 +62,21 @@ def test_a_config_file_is_read_and_checked(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.yaml")
 
 
+def test_guard_policies_come_from_the_config_per_route_and_per_key(tmp_path: Path) -> None:
+    from fmstack.serve.config import ServeConfig, load_guards
+
+    cfg = ServeConfig.model_validate({
+        "models": [{"name": "a", "uris": ["smollm2"]},
+                   {"name": "b", "uris": ["smollm2"], "guard": "strict"}],
+        "guard": "default", "key_guards": {"partner": "strict"}})
+    guards = load_guards(cfg, cfg.models)
+    assert guards.routes["a"].name == "default" and guards.routes["b"].name == "strict"
+    assert guards.keys["partner"] is guards.routes["b"]  # one policy file, one Guard
+    cfg.key_guards = {"partner": str(tmp_path / "missing.yaml")}
+    with pytest.raises(ConfigError, match="no guard policy"):
+        load_guards(cfg, cfg.models)
+
+
 def test_fallbacks_must_name_served_routes() -> None:
     model = load_model("smollm2", n_threads=1, trace=False)
     try:
@@ -113,6 +128,7 @@ def test_the_serve_command_serves_a_config(tmp_path: Path) -> None:
     (["--model", "=smollm2"], "is not NAME=URI"),
     (["--model", "a=smollm2", "--config", "x.yaml"], "not both"),
     (["--max-queue", "-3"], "max_queue"),
+    (["--guard", "paranoid"], "no guard policy 'paranoid'"),
 ])
 def test_serve_flags_are_checked_before_serving(args: list[str], words: str) -> None:
     out = subprocess.run([str(FMSTACK), "serve", "--port", str(free_port()), *args],
