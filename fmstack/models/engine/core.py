@@ -323,23 +323,36 @@ class Engine:
         spare = self.n_batch - len(decoding) - self.chunk
         per_seq = min(self.speculative, spare // max(len(decoding), 1))
         proposals = self._drafts(decoding, per_seq) if per_seq > 0 else {}
+        # What each sequence feeds this step: its pending token and drafts, or its next
+        # prompt chunk (prompts oldest first while the budget lasts; a later prompt does not
+        # overtake an earlier one).
+        plan: list[tuple[_Seq, list[int]]] = []
         for seq in decoding:
             token, seq.pending = seq.pending, None
             assert token is not None
-            drafts = proposals.get(id(seq), [])
-            put(seq, token, True)
-            for d in drafts:
-                put(seq, d, True)
-            rows[id(seq)][2].extend(drafts)
+            plan.append((seq, [token, *proposals.get(id(seq), [])]))
+        used = sum(len(tokens) for _, tokens in plan)
         for seq in self._running:
             if not seq.prefilling:
                 continue
-            ids = seq.prompt.ids
-            end = min((seq.fed // self.chunk + 1) * self.chunk, len(ids))
-            if n + end - seq.fed > self.n_batch:
-                break  # oldest first: a later prompt does not overtake this one
-            while seq.fed < end:
-                put(seq, ids[seq.fed], seq.fed == len(ids) - 1)
+            end = min((seq.fed // self.chunk + 1) * self.chunk, len(seq.prompt.ids))
+            if used + end - seq.fed > self.n_batch:
+                break
+            plan.append((seq, seq.prompt.ids[seq.fed:end]))
+            used += end - seq.fed
+        # Rows go in slot order. With a KV stream per slot llama.cpp splits a batch into
+        # micro-batches of consecutive sequence ids (llama_batch_allocr::split_equal), each a
+        # whole pass over the weights; in admission order 16 decoding rows could take several.
+        plan.sort(key=lambda entry: entry[0].slot.seq_id)  # type: ignore[union-attr]
+        for seq, tokens in plan:
+            if seq.prefilling:
+                last = len(seq.prompt.ids) - 1
+                for token in tokens:
+                    put(seq, token, seq.fed == last)
+            else:
+                for token in tokens:
+                    put(seq, token, True)
+                rows[id(seq)][2].extend(tokens[1:])
         batch.n_tokens = n
         started = time.perf_counter()
         rc = ll.llama_decode(self._ctx, batch)

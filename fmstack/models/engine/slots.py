@@ -2,10 +2,17 @@
 
 Each slot is one llama.cpp sequence with its own KV stream (``kv_unified=False``), so a slot
 holds up to ``n_ctx / n_slots`` positions and sequences never share cells. A slot remembers the
-tokens its KV holds after its request ends; that is the prefix cache. A new prompt is placed in
-the free slot whose cache shares the longest prefix with it (only the rest is computed), or the
-cache of a busy slot is copied in (``llama_memory_seq_cp``) when that shares more; with no
-match, the least recently used free slot is taken, so hot prefixes survive longest (LRU).
+tokens its KV holds after its request ends; that is the prefix cache.
+
+Placement. The busy slots are kept in as few runs of consecutive sequence ids as possible:
+llama.cpp decodes a batch over per-slot streams in micro-batches of consecutive ids
+(``llama_batch_allocr::split_equal``), each a whole pass over the weights, so four sequences in
+slots 3, 7, 11 and 15 cost four passes per step where slots 0-3 cost one. Among the free slots
+that keep the runs fewest, a prompt goes to one whose own cache holds the longest reusable
+prefix found anywhere (only the rest is computed); otherwise that prefix is copied in from the
+slot holding it (``llama_memory_seq_cp``: one copy of a stream, paid once, where a split costs
+a pass per step for the request's whole life), overwriting the candidate whose own cache is
+worth least, least recently used first.
 
 Granularity. By default every cached token but the prompt's last (whose logits start the
 generation) is reused, as llama.cpp's server does. That is not bit-exact: llama.cpp's CPU
@@ -78,19 +85,27 @@ class SlotPool:
         free = [s for s in self.slots if not s.busy]
         if not free:
             return None
-        own = max(free, key=lambda s: (self.reusable(s.tokens, prompt), -s.last_used))
-        own_reuse = self.reusable(own.tokens, prompt)
+        busy = {s.seq_id for s in self.slots if s.busy}
+
+        def new_runs(slot: Slot) -> int:
+            # How the number of runs of consecutive busy slots changes if ``slot`` is taken:
+            # -1 when it closes a gap, 0 when it extends a run, +1 when it starts a new one.
+            return 1 - ((slot.seq_id - 1) in busy) - ((slot.seq_id + 1) in busy)
+
+        fewest = min(new_runs(s) for s in free)
+        candidates = [s for s in free if new_runs(s) == fewest]
         donor = max(self.slots, key=lambda s: self.reusable(s.tokens, prompt))
-        donor_reuse = self.reusable(donor.tokens, prompt)
-        if donor_reuse > own_reuse:
-            # The target is the free slot whose own cache is worth least (LRU among equals).
-            target = min(free, key=lambda s: (self.reusable(s.tokens, prompt), s.last_used))
-            placement = Placement(target, donor_reuse, donor)
-            self.copies += 1
-        elif own_reuse > 0:
-            placement = Placement(own, own_reuse)
+        best = self.reusable(donor.tokens, prompt)
+        own = [s for s in candidates if best and self.reusable(s.tokens, prompt) == best]
+        if own:
+            placement = Placement(min(own, key=lambda s: s.last_used), best)
         else:
-            placement = Placement(min(free, key=lambda s: s.last_used), 0)
+            # Overwrite the candidate whose own cache is worth least (LRU among equals).
+            target = min(candidates, key=lambda s: (self.reusable(s.tokens, prompt),
+                                                    s.last_used))
+            placement = Placement(target, best, donor if best else None)
+            if best:
+                self.copies += 1
         placement.slot.busy = True
         if placement.reuse:
             self.hits += 1
