@@ -60,7 +60,8 @@ def prompts(dataset: str, n: int) -> list[str]:
             for p in load_prompts(dataset, n)]
 
 
-def in_process(texts: list[str], chunk: int | None = None) -> dict[str, Any]:
+def in_process(texts: list[str], chunk: int | None = None,
+               clients: int = SLOTS) -> dict[str, Any]:
     from fmstack.models.registry import load_model, smollm2_gguf
     from fmstack.models.types import Message, Request, SamplingParams
 
@@ -88,7 +89,7 @@ def in_process(texts: list[str], chunk: int | None = None) -> dict[str, Any]:
     try:
         before = model.engine.stats()  # type: ignore[attr-defined]
         started = time.perf_counter()
-        threads = [threading.Thread(target=client) for _ in range(SLOTS)]
+        threads = [threading.Thread(target=client) for _ in range(clients)]
         for t in threads:
             t.start()
         for t in threads:
@@ -112,7 +113,7 @@ def _engine_counters(base: str) -> dict[str, float]:
     return out
 
 
-def in_server(n: int) -> dict[str, Any]:
+def in_server(n: int, clients: int = SLOTS) -> dict[str, Any]:
     fmstack = str(Path(sys.executable).parent / "fmstack")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -138,7 +139,7 @@ def in_server(n: int) -> dict[str, Any]:
             started = time.perf_counter()
             subprocess.run(
                 [fmstack, "bench", "serve", "--base-url", base + "/v1", "--model", "smollm2",
-                 "--concurrency", str(SLOTS), "--num-prompts", str(n), "--max-tokens",
+                 "--concurrency", str(clients), "--num-prompts", str(n), "--max-tokens",
                  str(MAX_TOKENS), "--ignore-eos", "--temperature", "0", "--dataset", str(data),
                  "--out", str(out)], check=True, capture_output=True)
             wall = time.perf_counter() - started
@@ -162,6 +163,8 @@ def main() -> None:
                     "gsm8k or a JSONL file")
     ap.add_argument("--chunks", default=None, help="compare prompt chunk sizes in process, "
                     "e.g. 64,512")
+    ap.add_argument("--concurrency", type=int, default=SLOTS,
+                    help=f"streams at a time (the engine has {SLOTS} slots either way)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/engine_steps.json"))
     args = ap.parse_args()
     texts = prompts(args.dataset, args.requests)
@@ -169,16 +172,17 @@ def main() -> None:
     if args.chunks:
         for chunk in (int(c) for c in args.chunks.split(",")):
             wait_for_quiet(120.0)
-            results[f"in_process_chunk_{chunk}"] = in_process(texts, chunk)
+            results[f"in_process_chunk_{chunk}"] = in_process(texts, chunk,
+                                                                args.concurrency)
             print(f"[steps] chunk {chunk}: {results[f'in_process_chunk_{chunk}']}", flush=True)
     else:
         if args.dataset != "short":
             ap.error("the server comparison uses the short prompts (no --dataset)")
         wait_for_quiet(120.0)
-        results["in_process"] = in_process(texts)
+        results["in_process"] = in_process(texts, clients=args.concurrency)
         print(f"[steps] in_process: {results['in_process']}", flush=True)
         wait_for_quiet(120.0)
-        results["fmstack_serve"] = in_server(args.requests)
+        results["fmstack_serve"] = in_server(args.requests, args.concurrency)
         print(f"[steps] fmstack_serve: {results['fmstack_serve']}", flush=True)
     commit, dirty = git_state()
     report = {"benchmark": "engine_steps", "command": " ".join(sys.argv), "commit": commit,
@@ -186,6 +190,7 @@ def main() -> None:
               "machine": machine(), "settings": {"slots": SLOTS, "threads": THREADS,
                                                  "max_tokens": MAX_TOKENS, "ctx": CTX,
                                                  "requests": args.requests,
+                                                 "concurrency": args.concurrency,
                                                  "dataset": args.dataset},
               "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
