@@ -2,12 +2,17 @@
 
     python bench/engine_steps.py [--requests 48] [--out bench/results/engine_steps.json]
     python bench/engine_steps.py --chunks 64,512 --dataset gsm8k --out /tmp/chunks.json
+    python bench/engine_steps.py --placement --out bench/results/engine_placement.json
 
 The same load both ways: 16 slots, 16 streams at a time, 128 greedy output tokens per
 request, the prompts of bench/engine.py. In process, 16 threads stream from one EngineModel. In
 the server, `fmstack bench serve` drives `fmstack serve --parallel 16` over HTTP. Either way the
 engine's own counters say how long it spent inside `llama_decode` and in whole steps; the
 difference is the Python of a step (batch building, sampling, handing tokens out).
+
+``--placement`` compares, in process, 4 sequences held in slots 0-3 with the same 4 in slots
+3, 7, 11 and 15 (llama.cpp decodes each run of consecutive sequence ids as its own
+micro-batch), which is why the engine keeps busy slots together.
 
 ``--chunks 64,512`` runs only the in-process case, once per prompt chunk size, which is how the
 default chunk was chosen (``--dataset gsm8k`` for prompts of a realistic length; answers may
@@ -102,6 +107,55 @@ def in_process(texts: list[str], chunk: int | None = None,
                     after.step_seconds - before.step_seconds, wall, sum(tokens))
 
 
+def placement(texts: list[str], rounds: int = 3) -> dict[str, Any]:
+    """Decode time per step of 4 sequences in slots 0-3 against slots 3, 7, 11 and 15: the
+    other slots are held busy, so the engine can place them nowhere else."""
+    from fmstack.models.registry import load_model, smollm2_gguf
+    from fmstack.models.types import Message, Request, SamplingParams
+
+    model = load_model(f"engine:{smollm2_gguf()}", parallel=SLOTS, n_ctx=CTX,
+                       n_threads=THREADS, trace=False)
+    engine = model.engine  # type: ignore[attr-defined]
+    layouts = {"slots_0_1_2_3": (0, 1, 2, 3), "slots_3_7_11_15": (3, 7, 11, 15)}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in layouts}
+
+    def run(slots: tuple[int, ...]) -> dict[str, Any]:
+        with engine._cond:
+            for slot in engine.pool.slots:
+                slot.busy = slot.seq_id not in slots
+        tokens: list[int] = []
+
+        def one(text: str) -> None:
+            request = Request(messages=[Message(role="user", content=text)],
+                              params=SamplingParams(temperature=0, max_tokens=MAX_TOKENS))
+            tokens.append(model.complete(request).usage.completion_tokens)
+
+        before = engine.stats()
+        started = time.perf_counter()
+        threads = [threading.Thread(target=one, args=(text,)) for text in texts[:len(slots)]]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - started
+        after = engine.stats()
+        with engine._cond:
+            for slot in engine.pool.slots:
+                slot.busy = False
+        return per_step(after.steps - before.steps, after.decode_seconds - before.decode_seconds,
+                        after.step_seconds - before.step_seconds, wall, sum(tokens))
+
+    try:
+        for _ in range(rounds):  # alternated, so a slow spell of the machine hits both
+            for name, slots in layouts.items():
+                runs[name].append(run(slots))
+                print(f"[steps] {name}: {runs[name][-1]}", flush=True)
+    finally:
+        model.close()
+    return {name: {"runs": r, "decode_ms_per_step_median": sorted(
+        x["decode_ms_per_step"] for x in r)[len(r) // 2]} for name, r in runs.items()}
+
+
 def _engine_counters(base: str) -> dict[str, float]:
     text = urllib.request.urlopen(base + "/metrics", timeout=10).read().decode()
     out = {}
@@ -163,13 +217,18 @@ def main() -> None:
                     "gsm8k or a JSONL file")
     ap.add_argument("--chunks", default=None, help="compare prompt chunk sizes in process, "
                     "e.g. 64,512")
+    ap.add_argument("--placement", action="store_true",
+                    help="4 sequences in slots 0-3 against slots 3, 7, 11 and 15, in process")
     ap.add_argument("--concurrency", type=int, default=SLOTS,
                     help=f"streams at a time (the engine has {SLOTS} slots either way)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/engine_steps.json"))
     args = ap.parse_args()
     texts = prompts(args.dataset, args.requests)
     results: dict[str, Any] = {}
-    if args.chunks:
+    if args.placement:
+        wait_for_quiet(120.0)
+        results["placement"] = placement(texts)
+    elif args.chunks:
         for chunk in (int(c) for c in args.chunks.split(",")):
             wait_for_quiet(120.0)
             results[f"in_process_chunk_{chunk}"] = in_process(texts, chunk,
