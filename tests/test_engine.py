@@ -259,12 +259,27 @@ def test_speculative_decoding_leaves_outputs_unchanged() -> None:
         plain.close()
 
 
+def test_default_sizing_leaves_room_for_drafts() -> None:
+    """With the default 512-token prompt chunk, a step still has room for every slot's
+    drafts (a batch of exactly slots + chunk left none, and speculation silently stopped)."""
+    model = load_model(f"engine:{smollm2_gguf()}", parallel=2, n_ctx=2 * 512, n_threads=2,
+                       trace=False, speculative=3)
+    try:
+        assert model.engine.n_batch >= 2 * (1 + 3) + model.engine.chunk
+        model.generate([ask("Repeat exactly: the cat sat on the mat, the cat sat on the mat.",
+                            temperature=0, max_tokens=16)] * 2)
+        assert model.engine.stats().drafted > 0
+    finally:
+        model.close()
+
+
 def test_a_draft_model_proposes_and_outputs_stay_unchanged(reference: object) -> None:
     """SmolLM2 drafting for itself (the only pair with one vocabulary that ships offline):
     the mechanics, not a speed-up. Nearly every greedy draft is accepted, and the answers
     equal the one-sequence backend's."""
     model = load_model(f"engine:{smollm2_gguf()}", parallel=4, n_ctx=4 * 512, n_threads=2,
-                       trace=False, draft="smollm2", speculative=3, exact_prefix=True)
+                       trace=False, draft=str(smollm2_gguf()), speculative=3,
+                       exact_prefix=True)  # a GGUF path, as `fmstack serve --draft` takes
     try:
         requests = [ask(f"Write a short story about a {w}.", temperature=0, max_tokens=24)
                     for w in WORDS[:4]]

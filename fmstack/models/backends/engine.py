@@ -72,7 +72,10 @@ class EngineModel(LlamaCppModel):
                 self._draft = _load_draft(draft, n_threads)
                 speculative = speculative or 4
             self.engine: Engine = Engine(self, n_slots=parallel, n_ctx=total, chunk=chunk,
-                                         n_batch=max(n_batch, parallel + chunk),
+                                         # Room for every slot's token and drafts, plus
+                                         # a prompt chunk: drafts only get what is left.
+                                         n_batch=max(n_batch,
+                                                     parallel * (1 + speculative) + chunk),
                                          speculative=speculative, draft=self._draft,
                                          exact_prefix=exact_prefix)
         except BaseException:
@@ -151,9 +154,16 @@ class EngineModel(LlamaCppModel):
 
 
 def _load_draft(uri: str, n_threads: int | None) -> LlamaCppModel:
+    """The draft model: an alias, a URI, or the path of a GGUF file (as ``--draft`` takes)."""
+    from pathlib import Path
+
     from fmstack.models.registry import resolve
 
-    backend, target = resolve(uri)
+    uri = str(uri)
+    if uri.endswith(".gguf") and Path(uri).is_file():
+        backend, target = "llamacpp", uri
+    else:
+        backend, target = resolve(uri)
     if backend not in ("llamacpp", "engine"):
         raise ConfigError(f"draft model {uri} must be a GGUF model (llamacpp), not {backend}")
     # Its own one-sequence context is not used for drafting: keep it small.

@@ -145,7 +145,7 @@ class Engine:
         ll = model._ll
         self.model, self._ll = model, ll
         n_ctx = n_ctx or 1024 * n_slots
-        n_batch = n_batch or max(512, n_slots + chunk)
+        n_batch = n_batch or max(512, n_slots * (1 + speculative) + chunk)
         if n_batch < n_slots + chunk:
             raise ConfigError(f"n_batch {n_batch} cannot hold a token per slot and a prompt "
                               f"chunk ({n_slots} + {chunk})")
