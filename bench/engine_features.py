@@ -13,9 +13,9 @@ Writes bench/results/engine_features.json.
   and their ratio. Greedy, 8 output tokens. The warm answers are compared with the answers a
   cold engine gives to the same messages (how many of the rounds were equal).
 * speculative: a copy task ("Repeat the following text exactly"), greedy, 160 output tokens
-  max, at concurrency 1 and 4; prompt lookup with k = 2, 4, 8 draft tokens against k = 0.
+  max, at concurrency 1 and 4; prompt lookup with k = 2, 4, 8, 16 draft tokens against k = 0.
   Decode throughput = tokens after the first / (total - ttft), summed over requests; the
-  median of ``--repeats`` rounds (default 5) that alternate between the four settings, each
+  median of ``--repeats`` rounds (default 5) that alternate between the settings, each
   run on a fresh engine (the machine is shared); the outputs of the first round checked
   identical to k = 0's, and the rounds (all cold) whose outputs equal them counted.
 """
@@ -100,7 +100,7 @@ def prefix_cache(threads: int, rounds: int, exact: bool) -> dict[str, Any]:
 def speculative(threads: int, repeats: int) -> dict[str, Any]:
     out: dict[str, Any] = {"task": "Repeat the following text exactly: <a 5-sentence story>",
                            "max_tokens": 160, "repeats": repeats, "levels": {}}
-    ks = (0, 2, 4, 8)
+    ks = (0, 2, 4, 8, 16)
     for conc in (1, 4):
         requests = [Request(messages=[Message(role="user", content=(
             f"Repeat the following text exactly:\n\n{STORY}" + (f" ({i})" if i else "")))],
