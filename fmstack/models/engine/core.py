@@ -5,8 +5,9 @@ spin per calling thread, so one caller is fastest). A step:
 
 1. finishes cancelled sequences (their slot frees at once) and admits waiting requests into
    free slots (placing each where the prefix cache saves most);
-2. builds one batch: a token for every decoding sequence first, then prompt chunks of
-   prefilling sequences, oldest first, while the token budget (``n_batch``) lasts. A chunk
+2. builds one batch: a token for every decoding sequence, then prompt chunks of prefilling
+   sequences, oldest first, while the token budget (``n_batch``) lasts; the rows go in slot
+   order, so llama.cpp runs the decode tokens as one micro-batch (``slots.py``). A chunk
    ends at the next multiple of ``chunk`` positions and is never split, so a long prompt is
    prefilled over several steps, interleaved with everyone else's decoding, and always in the
    same pieces (which keeps its numbers independent of the batch it lands in);
