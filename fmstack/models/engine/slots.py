@@ -94,15 +94,15 @@ class SlotPool:
 
         fewest = min(new_runs(s) for s in free)
         candidates = [s for s in free if new_runs(s) == fewest]
-        donor = max(self.slots, key=lambda s: self.reusable(s.tokens, prompt))
-        best = self.reusable(donor.tokens, prompt)
-        own = [s for s in candidates if best and self.reusable(s.tokens, prompt) == best]
+        reuse = {s.seq_id: self.reusable(s.tokens, prompt) for s in self.slots}
+        donor = max(self.slots, key=lambda s: reuse[s.seq_id])
+        best = reuse[donor.seq_id]
+        own = [s for s in candidates if best and reuse[s.seq_id] == best]
         if own:
             placement = Placement(min(own, key=lambda s: s.last_used), best)
         else:
             # Overwrite the candidate whose own cache is worth least (LRU among equals).
-            target = min(candidates, key=lambda s: (self.reusable(s.tokens, prompt),
-                                                    s.last_used))
+            target = min(candidates, key=lambda s: (reuse[s.seq_id], s.last_used))
             placement = Placement(target, best, donor if best else None)
             if best:
                 self.copies += 1
