@@ -54,11 +54,12 @@ def serve(
         "--parallel", "-np", help="Engine slots per GGUF model: requests decoded together.")
     ] = 4,
     speculative: Annotated[int, typer.Option(
-        "--speculative", help="Engine: up to N prompt-lookup draft tokens per step (0: off; "
-        "outputs are unchanged either way).")] = 0,
+        "--speculative", help="Engine: up to N draft tokens per step (0: off). Sampling is "
+        "unchanged; tokens verified together can get slightly other logits, so a long greedy "
+        "answer may rarely differ (docs/engine.md).")] = 0,
     draft: Annotated[str | None, typer.Option(
-        "--draft", help="Engine: a smaller GGUF model with the same vocabulary that proposes "
-        "the speculative tokens (default: prompt lookup).")] = None,
+        "--draft", help="Engine: a smaller GGUF model (alias, URI or .gguf path) with the same "
+        "vocabulary that proposes the draft tokens (default: prompt lookup).")] = None,
     guard: Annotated[str | None, typer.Option(
         "--guard", help="Guard policy for every model: default, strict, audit or a YAML file "
         "(see `fmstack guard policies`).")] = None,
