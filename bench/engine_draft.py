@@ -32,6 +32,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from engine_features import decode_tok_s
+
 from fmstack.models.registry import load_model, smollm2_gguf
 from fmstack.models.types import Message, Request, SamplingParams
 
@@ -54,9 +56,7 @@ def decode_rate(model: Any, conc: int, repeats: int) -> tuple[float, list[str]]:
     texts: list[str] = []
     for _ in range(repeats):
         outs = model.generate(requests)
-        after = sum(max(o.usage.completion_tokens - 1, 0) for o in outs)
-        span = max(o.timings.total - (o.timings.ttft or 0.0) for o in outs)
-        best = max(best, after / span)
+        best = max(best, decode_tok_s(outs))
         texts = [o.text for o in outs]
     return best, texts
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from fmstack.models.registry import load_model, smollm2_gguf
-from fmstack.models.types import Message, Request, SamplingParams
+from fmstack.models.types import Completion, Message, Request, SamplingParams
 
 RESULTS = Path(__file__).parent / "results" / "engine_features.json"
 
@@ -53,6 +53,13 @@ def engine(threads: int, parallel: int, n_ctx: int, speculative: int = 0,
     return load_model(f"engine:{smollm2_gguf()}", parallel=parallel, n_ctx=n_ctx,
                       n_threads=threads, speculative=speculative, exact_prefix=exact_prefix,
                       trace=False)
+
+
+def decode_tok_s(outs: list[Completion]) -> float:
+    """Tokens after the first over the time after the first token. The requests ran together,
+    so the time is the slowest one's."""
+    after = sum(max(o.usage.completion_tokens - 1, 0) for o in outs)
+    return after / max(o.timings.total - (o.timings.ttft or 0.0) for o in outs)
 
 
 def prefix_cache(threads: int, rounds: int, exact: bool) -> dict[str, Any]:
@@ -122,10 +129,7 @@ def speculative(threads: int, repeats: int) -> dict[str, Any]:
                     stats = model.engine.stats()
                 finally:
                     model.close()
-                after = sum(max(o.usage.completion_tokens - 1, 0) for o in outs)
-                # The requests run together: decode time is the slowest one's.
-                span = max(o.timings.total - (o.timings.ttft or 0.0) for o in outs)
-                rates[k].append(after / span)
+                rates[k].append(decode_tok_s(outs))
                 texts[k].append([o.text for o in outs])
                 tokens.setdefault(k, [o.usage.completion_tokens for o in outs])
                 drafted[k] += stats.drafted

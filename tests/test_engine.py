@@ -293,6 +293,15 @@ def test_a_draft_model_proposes_and_outputs_stay_unchanged(reference: object) ->
         model.close()
 
 
+def test_a_missing_draft_file_is_named(tmp_path: object) -> None:
+    from fmstack.errors import ModelNotFoundError
+
+    missing = f"{tmp_path}/small.gguf"
+    with pytest.raises(ModelNotFoundError, match=f"draft model file not found: {missing}"):
+        load_model(f"engine:{smollm2_gguf()}", parallel=2, n_ctx=1024, trace=False,
+                   draft=missing)
+
+
 @pytest.mark.slow
 def test_a_draft_model_with_another_vocabulary_is_refused() -> None:
     from fmstack.errors import ConfigError

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, ClassVar
 
-from fmstack.errors import ConfigError
+from fmstack.errors import ConfigError, ModelNotFoundError
 from fmstack.models.backends.llamacpp import LlamaCppModel, _Prompt
 from fmstack.models.base import Capabilities
 from fmstack.models.types import Completion, Delta, Request
@@ -160,7 +160,9 @@ def _load_draft(uri: str, n_threads: int | None) -> LlamaCppModel:
     from fmstack.models.registry import resolve
 
     uri = str(uri)
-    if uri.endswith(".gguf") and Path(uri).is_file():
+    if uri.endswith(".gguf"):
+        if not Path(uri).is_file():
+            raise ModelNotFoundError(f"draft model file not found: {uri}")
         backend, target = "llamacpp", uri
     else:
         backend, target = resolve(uri)
