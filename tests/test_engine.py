@@ -27,9 +27,10 @@ def ask(text: str, **params: object) -> Request:
 @pytest.fixture(scope="module")
 def engine() -> Iterator[EngineModel]:
     # exact_prefix: a prompt that reuses a cached prefix gives the cold answer, so every
-    # comparison with the one-sequence backend holds whatever ran before.
+    # comparison with the one-sequence backend holds whatever ran before. weights=file: the
+    # reference decodes the file's own weights (test_engine_weights.py covers the F16 copy).
     model = load_model(f"engine:{smollm2_gguf()}", parallel=16, n_ctx=16 * 512, n_threads=2,
-                       trace=False, exact_prefix=True)
+                       trace=False, exact_prefix=True, weights="file")
     assert isinstance(model, EngineModel)
     yield model
     model.close()

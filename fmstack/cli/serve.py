@@ -60,6 +60,11 @@ def serve(
     draft: Annotated[str | None, typer.Option(
         "--draft", help="Engine: a smaller GGUF model (alias, URI or .gguf path) with the same "
         "vocabulary that proposes the draft tokens (default: prompt lookup).")] = None,
+    weights: Annotated[str, typer.Option(
+        "--weights", help="Engine: decode with the GGUF's own weights (file), an F16 copy of "
+        "them (f16: much faster for many sequences at once where the type has no batched CPU "
+        "kernel, e.g. Q4_1), or auto: f16 for Q4_1/Q5_1/Q5_K files on the CPU with 8 or more "
+        "slots (docs/engine.md).")] = "auto",
     guard: Annotated[str | None, typer.Option(
         "--guard", help="Guard policy for every model: default, strict, audit or a YAML file "
         "(see `fmstack guard policies`).")] = None,
@@ -118,10 +123,14 @@ def serve(
             raise ConfigError(f"--ctx-size {ctx_size} is too small for {parallel} slots")
         if speculative < 0:
             raise ConfigError(f"--speculative {speculative} must be 0 or more")
+        from fmstack.models.engine.weights import WEIGHTS
+
+        if weights not in WEIGHTS:
+            raise ConfigError(f"--weights {weights!r} is not one of {', '.join(WEIGHTS)}")
         sizing: dict[str, Any] | None = None
         if engine:
             sizing = {"parallel": parallel, "n_ctx": ctx_size or 2048 * parallel,
-                      "speculative": speculative}
+                      "speculative": speculative, "weights": weights}
             if draft is not None:
                 sizing["draft"] = draft
         if guard is not None:
@@ -134,6 +143,13 @@ def serve(
                      guards=guards.routes, key_guards=guards.keys,
                      cache=ResponseCache(cfg.cache.max_entries) if cfg.cache else None,
                      cors_origins=[*cfg.cors_origins, *(cors or [])], ui=ui)
+    for route in gateway.routes.values():
+        for replica in route.replicas:
+            choice = getattr(replica.model, "weights", None)
+            if choice is not None and choice.weights == "f16":
+                common.err().print(f"{route.name}: decoding with an F16 copy of its "
+                                   f"weights ({choice.reason}; --weights file to keep the "
+                                   f"file's): {choice.path}", markup=False)
     common.err().print(f"serving {', '.join(gateway.routes)} on http://{host}:{port}/v1"
                        f"{f' (UI at http://{host}:{port}/)' if ui else ''}", markup=False)
     try:
