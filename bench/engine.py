@@ -15,7 +15,10 @@ shares them). Each gets one warm-up request after it starts.
 
 * ``fmstack serve --model smollm2 --threads T``; when ``fmstack serve --help`` lists
   ``--parallel`` (the engine), also ``--parallel S --ctx-size S*512``. Which mode was measured
-  is written in the results (``fmstack_mode``).
+  is written in the results (``fmstack_mode``). With 16 or 32 slots its default ``--weights
+  auto`` decodes an F16 copy of the Q4_1 weights (docs/engine.md), so two more rows separate
+  the engine from the weights: ``fmstack_file`` (``--weights file``: the Q4_1 weights, as the
+  peers use) and ``llama_server_f16`` (llama-server on that same F16 copy).
 * llama-cpp-python's server with ``--interrupt_requests False`` (by default a new request cuts
   the running one short and reports it as a success), n_ctx 2048, flash attention on. It serves
   one request at a time, so a level's request count is capped (``--serialized-max-prompts``)
@@ -39,7 +42,8 @@ meet every SLO, default ttft:2000 tpot:100 in ms: a first token within 2 s and t
 10 tokens/s, about reading speed), requests and failures, and completion tokens per request
 min/mean/max with how many ran to max_tokens, stopped at EOS, or were cut short (see
 bench/_servers.py). Then the ratios the issue's goals name: fmstack/llama-cpp-python at c=1
-(goal >= 0.95) and c=16 (goal >= 4), fmstack/llama-server at c=16 (goal >= 1.0).
+(goal >= 0.95) and c=16 (goal >= 4), fmstack/llama-server at c=16 (goal >= 1.0), and the
+same ratios for fmstack_file, and fmstack over llama_server_f16.
 """
 
 from __future__ import annotations
@@ -81,7 +85,16 @@ from fmstack.bench.serve import (
     write_json,
 )
 
-SERVERS = ("fmstack", "llama_cpp_python", "llama_server")
+SERVERS = ("fmstack", "fmstack_file", "llama_cpp_python", "llama_server", "llama_server_f16")
+# The same engine or server on other weights, so that a ratio separates the engine from the
+# weights: fmstack serve --weights file decodes the Q4_1 file's own weights (as every peer
+# does); llama_server_f16 is llama-server on the F16 copy that fmstack serve decodes by default
+# at 16 slots (fmstack.models.engine.weights).
+FMSTACK_EXTRA = {"fmstack": [], "fmstack_file": ["--weights", "file"]}
+# (numerator, denominator) servers whose output tok/s ratios the results report.
+RATIOS = (("fmstack", "llama_cpp_python"), ("fmstack", "llama_server"),
+          ("fmstack_file", "llama_cpp_python"), ("fmstack_file", "llama_server"),
+          ("fmstack", "llama_server_f16"))
 LLAMA_BIN = ROOT / "build" / "llama.cpp" / "bin"
 # Slots of a batching server for every level up to this concurrency (the issue's table used 16).
 MIN_SLOTS = 16
@@ -149,21 +162,27 @@ def llama_server_binary() -> Path:
 
 def command(launch: Launch, port: int, threads: int, gguf: Path, per_slot_ctx: int,
             fmstack_extra: Sequence[str] = (),
-            llama_server: Path = LLAMA_BIN / "llama-server") -> tuple[list[str], str]:
+            llama_server: Path = LLAMA_BIN / "llama-server",
+            f16_gguf: Path | None = None) -> tuple[list[str], str]:
     """The command that starts ``launch``'s server, and the URL that answers 200 once it is
-    ready."""
+    ready. ``f16_gguf``: the F16 copy of ``gguf``, for llama_server_f16."""
     base = f"http://127.0.0.1:{port}"
-    if launch.server == "fmstack":
-        extra = list(fmstack_extra)
+    if launch.server in FMSTACK_EXTRA:
+        extra = [*FMSTACK_EXTRA[launch.server], *fmstack_extra]
         if launch.slots is not None:
             extra = ["--parallel", str(launch.slots),
                      "--ctx-size", str(launch.slots * per_slot_ctx), *extra]
         return fmstack_command(port, threads, extra), f"{base}/health"
     if launch.server == "llama_cpp_python":
         return llama_cpp_python_command(gguf, port, threads), f"{base}/v1/models"
-    if launch.server == "llama_server":
+    if launch.server in ("llama_server", "llama_server_f16"):
         slots = launch.slots or MIN_SLOTS
-        cmd = [str(llama_server), "-m", str(gguf), "--alias", MODEL,
+        weights = gguf
+        if launch.server == "llama_server_f16":
+            if f16_gguf is None:
+                raise ValueError("llama_server_f16 needs the F16 copy of the model")
+            weights = f16_gguf
+        cmd = [str(llama_server), "-m", str(weights), "--alias", MODEL,
                "--host", "127.0.0.1", "--port", str(port),
                "-t", str(threads), "-tb", str(threads),
                "-np", str(slots), "-c", str(slots * per_slot_ctx), "-fa", "on"]
@@ -175,13 +194,13 @@ def command(launch: Launch, port: int, threads: int, gguf: Path, per_slot_ctx: i
 def goal_ratios(results: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
     """fmstack's output tok/s over each peer's at every level both ran, and the issue's goals
     with whether they were met (None when a side was not measured)."""
-    out: dict[str, Any] = {"fmstack_over_llama_cpp_python": {},
-                           "fmstack_over_llama_server": {}, "goals": {}}
+    out: dict[str, Any] = {f"{a}_over_{b}": {} for a, b in RATIOS}
+    out["goals"] = {}
     for level, rows in results.items():
-        mine = rows.get("fmstack", {}).get("output_tok_s")
-        for peer in ("llama_cpp_python", "llama_server"):
-            theirs = rows.get(peer, {}).get("output_tok_s")
-            out[f"fmstack_over_{peer}"][level] = ratio(mine, theirs)
+        for a, b in RATIOS:
+            if a in rows or b in rows:
+                out[f"{a}_over_{b}"][level] = ratio(rows.get(a, {}).get("output_tok_s"),
+                                                    rows.get(b, {}).get("output_tok_s"))
     for (peer, c), threshold in GOALS.items():
         value = out[f"fmstack_over_{peer}"].get(f"c{c}")
         out["goals"][f"c{c} fmstack/{peer} >= {threshold:g}"] = {
@@ -361,7 +380,13 @@ def main() -> None:
 
     gguf = smollm2_gguf()
     engine = fmstack_has_engine()
-    batching = {"fmstack": engine, "llama_cpp_python": False, "llama_server": True}
+    batching = {"fmstack": engine, "fmstack_file": engine, "llama_cpp_python": False,
+                "llama_server": True, "llama_server_f16": True}
+    f16_gguf = None
+    if "llama_server_f16" in names:
+        from fmstack.models.engine.weights import expand_f16
+
+        f16_gguf = expand_f16(gguf)
     fmstack_extra = args.fmstack_extra.split()
     commit, dirty = git_state()
     load = os.getloadavg()
@@ -372,6 +397,13 @@ def main() -> None:
         "uncommitted_under_fmstack": dirty,
         "machine": {**machine(), "loadavg_1_5_15_at_start": [round(x, 2) for x in load]},
         "model": f"SmolLM2-135M-Instruct Q4_1 GGUF ({gguf})",
+        "weights": {
+            "fmstack": "fmstack serve's default --weights auto: at 16 or 32 slots it decodes an "
+                       "F16 copy of the Q4_1 weights (Q4_1 has no batched CPU kernel in "
+                       "llama.cpp); its log line says so",
+            "fmstack_file": "fmstack serve --weights file: the Q4_1 file's own weights",
+            "llama_cpp_python": "the Q4_1 file", "llama_server": "the Q4_1 file",
+            "llama_server_f16": f"the F16 copy fmstack serve decodes ({f16_gguf})"},
         "fmstack_mode": (
             "engine: fmstack serve --help lists --parallel, so it ran with --parallel S "
             f"--ctx-size S*{args.per_slot_ctx}" if engine else
@@ -413,7 +445,7 @@ def main() -> None:
         ],
         "results": {},
     }
-    if "llama_server" in names:
+    if {"llama_server", "llama_server_f16"} & set(names):
         binary = llama_server_binary()
         results["llama_server_build"] = {
             "binary": str(binary.relative_to(ROOT)),
@@ -425,7 +457,7 @@ def main() -> None:
         for launch in plan(name, levels, batching[name]):
             port = free_port()
             cmd, ready = command(launch, port, args.threads, gguf, args.per_slot_ctx,
-                                 fmstack_extra)
+                                 fmstack_extra, f16_gguf=f16_gguf)
             label = name if launch.slots is None else f"{name} ({launch.slots} slots)"
             results["servers"].setdefault(name, []).append(
                 {"slots": launch.slots, "levels": [f"c{lv.concurrency}" for lv in launch.levels],

@@ -66,6 +66,17 @@ def test_commands_size_every_slot_and_use_the_same_threads(engine: ModuleType) -
     cmd, _ = engine.command(engine.Launch("fmstack", None), 8124, 2, gguf, 512)
     assert "--parallel" not in cmd
 
+    # fmstack_file is fmstack serve on the file's own weights; llama_server_f16 is llama-server
+    # on the F16 copy that fmstack serve decodes at 16 slots.
+    cmd, _ = engine.command(engine.Launch("fmstack_file", 16), 8124, 2, gguf, 512)
+    assert cmd[cmd.index("--weights") + 1] == "file" and "--parallel" in cmd
+    f16 = Path("/cache/smollm2.F16.gguf")
+    cmd, _ = engine.command(engine.Launch("llama_server_f16", 16), 8126, 2, gguf, 512,
+                            llama_server=Path("/bin/llama-server"), f16_gguf=f16)
+    assert cmd[cmd.index("-m") + 1] == str(f16) and cmd[cmd.index("-np") + 1] == "16"
+    with pytest.raises(ValueError, match="needs the F16 copy"):
+        engine.command(engine.Launch("llama_server_f16", 16), 8126, 2, gguf, 512)
+
     cmd, ready = engine.command(engine.Launch("llama_cpp_python", None), 8125, 2, gguf, 512)
     assert cmd[cmd.index("--interrupt_requests") + 1] == "False"
     assert cmd[cmd.index("--n_threads") + 1] == "2" and ready.endswith("/v1/models")
@@ -80,6 +91,11 @@ def test_goal_ratios_compare_output_throughput_at_the_issues_levels(
     out = engine.goal_ratios(results)
     assert out["fmstack_over_llama_cpp_python"] == {"c1": 0.96, "c16": 5.556}
     assert out["fmstack_over_llama_server"] == {"c1": 0.7, "c16": 1.006}
+    assert out["fmstack_over_llama_server_f16"] == {"c1": None, "c16": None}
+    results["c16"]["llama_server_f16"] = row(200.0)
+    assert engine.goal_ratios(results)["fmstack_over_llama_server_f16"] == {"c1": None,
+                                                                           "c16": 0.8}
+    del results["c16"]["llama_server_f16"]
     goals = out["goals"]
     assert goals["c1 fmstack/llama_cpp_python >= 0.95"] == {"ratio": 0.96, "met": True}
     assert goals["c16 fmstack/llama_cpp_python >= 4"] == {"ratio": 5.556, "met": True}
