@@ -1,0 +1,209 @@
+"""Why the engine decodes Q4_1 as F16 with many slots (issue 7, fmstack.models.engine.weights).
+
+    make bench            # or: .venv/bin/python bench/engine_weights.py [--sequences 1,4,16]
+
+Writes bench/results/engine_weights.json.
+
+1. Decode cost by weight type: SmolLM2 in each GGUF type, made from the shipped Q4_1 file by
+   ``llama_model_quantize`` (cached; requantizing loses quality, but the cost of a step depends
+   only on the type), decoding N sequences one token each per step on one llama.cpp context
+   (per-sequence KV streams, flash attention, as the engine runs). Per (type, N): milliseconds
+   per step and tokens/s, the median of ``--rounds`` rounds that alternate over the types.
+   A type without a batched CPU kernel costs nearly N times one sequence per step.
+2. Quality of the F16 copy against the file it was made from: bits per byte and perplexity on
+   the Shakespeare slice of ``fmstack bench quant`` (same chunking and scoring), and the
+   relative RMS difference of all weights (dequantized by ``gguf``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from _servers import git_state
+
+from fmstack.bench.serve import machine
+from fmstack.config import cache_dir
+from fmstack.models.backends.llamacpp import _llama_cpp
+from fmstack.models.engine.weights import expand_f16, file_type, type_name
+from fmstack.models.registry import smollm2_gguf
+
+RESULTS = Path(__file__).parent / "results" / "engine_weights.json"
+# llama.cpp's enum llama_ftype.
+TYPES = {"F16": 1, "Q8_0": 7, "Q6_K": 18, "Q5_K_M": 17, "Q5_1": 9, "Q5_0": 8, "Q4_K_M": 15,
+         "Q4_1": 3, "Q4_0": 2, "Q3_K_M": 12, "Q2_K": 10}
+PROMPT = 40  # tokens each sequence holds before the measured steps
+
+
+def variant(source: Path, name: str) -> Path:
+    """``source`` in type ``name``: the source itself, its F16 copy, or a cached requant."""
+    if TYPES[name] == file_type(source):
+        return source
+    if name == "F16":
+        return expand_f16(source)
+    target = cache_dir() / "weights" / f"{source.stem}.bench.{name}.gguf"
+    if not target.is_file():
+        import ctypes
+
+        ll = _llama_cpp()
+        params = ll.llama_model_quantize_default_params()
+        params.ftype, params.allow_requantize, params.nthread = TYPES[name], True, 2
+        tmp = target.with_name(f".{target.name}.partial")
+        if ll.llama_model_quantize(str(source).encode(), str(tmp).encode(),
+                                   ctypes.byref(params)) != 0:
+            tmp.unlink(missing_ok=True)
+            sys.exit(f"error: llama_model_quantize could not make {name} from {source}")
+        os.replace(tmp, target)
+    return target
+
+
+class Stepper:
+    """One model file, decoding N sequences a token each per step on a fresh context."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        self.ll = _llama_cpp()
+        self.threads = threads
+        self.model = self.ll.llama_model_load_from_file(str(path).encode(),
+                                                        self.ll.llama_model_default_params())
+        if not self.model:
+            sys.exit(f"error: llama.cpp could not load {path}")
+
+    def ms_per_step(self, n: int, steps: int) -> float:
+        ll = self.ll
+        cp = ll.llama_context_default_params()
+        rows = max(n * PROMPT, n)
+        cp.n_ctx, cp.n_batch, cp.n_ubatch = n * 512, rows, rows
+        cp.n_seq_max, cp.kv_unified, cp.flash_attn_type = n, False, 1
+        cp.n_threads = cp.n_threads_batch = self.threads
+        ctx = ll.llama_init_from_model(self.model, cp)
+        batch = ll.llama_batch_init(rows, 0, 1)
+        try:
+            def decode(items: list[tuple[int, int, int, bool]]) -> None:
+                batch.n_tokens = len(items)
+                for i, (tok, pos, seq, logits) in enumerate(items):
+                    batch.token[i], batch.pos[i], batch.n_seq_id[i] = tok, pos, 1
+                    batch.seq_id[i][0], batch.logits[i] = seq, logits
+                if ll.llama_decode(ctx, batch) != 0:
+                    sys.exit("error: llama_decode failed")
+
+            # Arbitrary ordinary token ids: the cost of a step does not depend on them.
+            decode([(100 + (7 * s + 13 * p) % 1000, p, s, p == PROMPT - 1)
+                    for s in range(n) for p in range(PROMPT)])
+            start = time.perf_counter()
+            for k in range(steps):
+                decode([(200 + (s + k) % 1000, PROMPT + k, s, True) for s in range(n)])
+            return 1000 * (time.perf_counter() - start) / steps
+        finally:
+            ll.llama_batch_free(batch)
+            ll.llama_free(ctx)
+
+    def close(self) -> None:
+        self.ll.llama_model_free(self.model)
+
+
+def speeds(source: Path, names: list[str], sequences: list[int], rounds: int, steps: int,
+           threads: int) -> dict[str, Any]:
+    files = {name: variant(source, name) for name in names}
+    steppers = {name: Stepper(path, threads) for name, path in files.items()}
+    runs: dict[str, dict[int, list[float]]] = {name: {n: [] for n in sequences} for name in names}
+    try:
+        for r in range(rounds):
+            for n in sequences:
+                for name in names:
+                    runs[name][n].append(steppers[name].ms_per_step(n, steps))
+            print(f"[weights] round {r + 1}/{rounds} done", flush=True)
+    finally:
+        for s in steppers.values():
+            s.close()
+    out: dict[str, Any] = {}
+    for name in names:
+        row: dict[str, Any] = {"file": str(files[name])}
+        for n in sequences:
+            ms = statistics.median(runs[name][n])
+            row[f"n{n}"] = {"ms_per_step": round(ms, 1), "tok_s": round(1000 * n / ms, 1),
+                            "rounds_ms": [round(x, 1) for x in runs[name][n]]}
+        base = row[f"n{sequences[0]}"]["ms_per_step"]
+        row["step_cost_vs_fewest"] = {f"n{n}": round(row[f"n{n}"]["ms_per_step"] / base, 2)
+                                      for n in sequences}
+        out[name] = row
+        print(f"[weights] {name:7s} " + "  ".join(
+            f"n={n}: {row[f'n{n}']['ms_per_step']} ms ({row[f'n{n}']['tok_s']} tok/s)"
+            for n in sequences), flush=True)
+    return out
+
+
+def quality(source: Path, ppl_chars: int, threads: int) -> dict[str, Any]:
+    from fmstack.bench.quant import QuantConfig, measure_quality, weight_error
+
+    config = QuantConfig(ppl_chars=ppl_chars, threads=threads)
+    copy = expand_f16(source)
+    out: dict[str, Any] = {"settings": {"ppl_chars": ppl_chars, "chunk_tokens":
+                                        config.chunk_tokens, "work": config.work}}
+    for label, path in (("file", source), ("f16_copy", copy)):
+        q = measure_quality(path, config)
+        out[label] = {"path": str(path), "type": type_name(file_type(path)),
+                      "size_bytes": path.stat().st_size,
+                      "bits_per_byte": round(q.bits_per_byte, 5),
+                      "perplexity": round(q.perplexity, 3), "n_tokens": q.n_tokens}
+        print(f"[weights] {label}: {out[label]['bits_per_byte']} bits/byte, perplexity "
+              f"{out[label]['perplexity']}", flush=True)
+    err = weight_error(copy, source)
+    out["f16_copy_weight_rel_rmse_vs_file"] = err
+    print(f"[weights] F16 copy vs file: relative RMS weight difference {err}", flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--types", default=",".join(TYPES), help="GGUF types to time")
+    ap.add_argument("--sequences", default="1,4,16", help="sequences decoded per step")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=32, help="measured steps per round")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ppl-chars", type=int, default=20_000,
+                    help="characters of Shakespeare for bits per byte (bench quant's slice)")
+    ap.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args()
+    names = [t.strip() for t in args.types.split(",") if t.strip()]
+    bad = [t for t in names if t not in TYPES]
+    if bad or not names:
+        sys.exit(f"error: unknown type(s) {bad}; choose from {', '.join(TYPES)}")
+    try:
+        sequences = [int(x) for x in args.sequences.split(",")]
+    except ValueError:
+        sys.exit(f"error: --sequences {args.sequences!r} is not a list of integers")
+    if not sequences or min(sequences) < 1 or args.rounds < 1 or args.steps < 1:
+        sys.exit("error: --sequences, --rounds and --steps must be positive")
+
+    source = smollm2_gguf()
+    started = time.time()
+    commit, dirty = git_state()
+    result: dict[str, Any] = {
+        "benchmark": "engine_weights",
+        "command": "python bench/engine_weights.py " + " ".join(sys.argv[1:]),
+        "commit": commit, "uncommitted_under_fmstack": dirty, "machine": machine(),
+        "model": f"SmolLM2-135M-Instruct ({source})",
+        "settings": {"threads": args.threads, "rounds": args.rounds, "steps": args.steps,
+                     "prompt_tokens_per_sequence": PROMPT, "flash_attn": True,
+                     "kv_unified": False},
+        "decode": speeds(source, names, sorted(set(sequences)), args.rounds, args.steps,
+                         args.threads),
+        "quality": quality(source, args.ppl_chars, args.threads),
+    }
+    result["seconds"] = round(time.time() - started, 1)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".partial")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    os.replace(tmp, out)
+    print(f"[weights] wrote {out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
