@@ -30,6 +30,7 @@ from _servers import git_state
 
 from fmstack.bench.serve import machine
 from fmstack.config import cache_dir
+from fmstack.errors import MissingDependencyError
 from fmstack.models.backends.llamacpp import _llama_cpp
 from fmstack.models.engine.weights import expand_f16, file_type, type_name
 from fmstack.models.registry import smollm2_gguf
@@ -107,6 +108,17 @@ class Stepper:
         self.ll.llama_model_free(self.model)
 
 
+def tensor_types(path: Path) -> dict[str, int] | None:
+    """Tensors per ggml type: a K-quant of SmolLM2 holds other types for most tensors (their
+    576 columns are not a multiple of 256), so its row is not that K-quant's speed."""
+    try:
+        from fmstack.bench.quant import gguf_info
+
+        return gguf_info(path).tensor_types
+    except MissingDependencyError:  # gguf is in the bench extra
+        return None
+
+
 def speeds(source: Path, names: list[str], sequences: list[int], rounds: int, steps: int,
            threads: int) -> dict[str, Any]:
     files = {name: variant(source, name) for name in names}
@@ -123,7 +135,7 @@ def speeds(source: Path, names: list[str], sequences: list[int], rounds: int, st
             s.close()
     out: dict[str, Any] = {}
     for name in names:
-        row: dict[str, Any] = {"file": str(files[name])}
+        row: dict[str, Any] = {"file": str(files[name]), "tensor_types": tensor_types(files[name])}
         for n in sequences:
             ms = statistics.median(runs[name][n])
             row[f"n{n}"] = {"ms_per_step": round(ms, 1), "tok_s": round(1000 * n / ms, 1),

@@ -63,7 +63,7 @@ def serve(
     weights: Annotated[str, typer.Option(
         "--weights", help="Engine: decode with the GGUF's own weights (file), an F16 copy of "
         "them (f16: much faster for many sequences at once where the type has no batched CPU "
-        "kernel, e.g. Q4_1), or auto: f16 for Q4_1/Q5_1/Q5_K files on the CPU with 8 or more "
+        "kernel, e.g. Q4_1), or auto: f16 for Q4_1 and Q5_1 files on the CPU with 8 or more "
         "slots (docs/engine.md).")] = "auto",
     guard: Annotated[str | None, typer.Option(
         "--guard", help="Guard policy for every model: default, strict, audit or a YAML file "

@@ -1,9 +1,9 @@
 """Which weights the engine decodes with: the GGUF file's own, or an F16 expansion of them.
 
 llama.cpp's CPU backend multiplies a batch of tokens by most weight formats with tiled kernels
-(llamafile's sgemm; the repacked Q4_0, Q4_K, Q2_K... layouts) that load each weight once for
-the whole batch. Q4_1, Q5_1 and Q5_K have none: they take one dot product per weight row and
-token, so a step for 16 sequences costs nearly 16 single-token steps. On the 2-core x86 (AVX2)
+(llamafile's sgemm; the repacked Q4_0, Q4_K... layouts) that load each weight once for the
+whole batch. Q4_1 and Q5_1 have none: they take one dot product per weight row and token, so
+a step for 16 sequences costs nearly 16 single-token steps. On the 2-core x86 (AVX2)
 machine of ``bench/engine_weights.py``, SmolLM2's Q4_1 decodes 16 sequences at about 160
 tokens/s where its F16 expansion does about 280, while one sequence is about 1.5x slower in F16
 (twice the bytes to stream per token).
@@ -37,10 +37,11 @@ from fmstack.errors import ConfigError, FmstackError, ModelNotFoundError
 Weights = Literal["auto", "file", "f16"]
 WEIGHTS: tuple[str, ...] = ("auto", "file", "f16")
 
-# llama.cpp file types (``general.file_type``, enum llama_ftype) whose main tensors have no
-# batched CPU kernel, with the bits per weight of those tensors: the F16 copy is at most
-# 16 / bits times the file's size.
-SLOW_BATCHED: dict[int, float] = {3: 5.0, 9: 6.0, 16: 5.5, 17: 5.5}  # Q4_1 Q5_1 Q5_K_S Q5_K_M
+# llama.cpp file types (``general.file_type``, enum llama_ftype) measured to have no batched
+# CPU kernel, with the bits per weight of their tensors: the F16 copy is at most 16 / bits
+# times the file's size. Only types measured (bench/engine_weights.py) are here: SmolLM2's
+# K-quant files fall back to other types for most tensors (576 columns), so they say nothing.
+SLOW_BATCHED: dict[int, float] = {3: 5.0, 9: 6.0}  # Q4_1, Q5_1
 # Below 8 slots F16 loses: 1-2 sequences decode slower from it, 4 only slightly faster.
 AUTO_MIN_SLOTS = 8
 
@@ -115,7 +116,8 @@ def choose(path: Path, weights: str, *, n_slots: int, n_gpu_layers: int = 0) -> 
     if code is None:
         return WeightsChoice(path, "file", "the file names no weight type")
     if code not in SLOW_BATCHED:
-        return WeightsChoice(path, "file", f"{type_name(code)} has batched CPU kernels")
+        return WeightsChoice(path, "file", f"{type_name(code)} is not a type measured to "
+                             "decode faster as F16")
     if n_slots < AUTO_MIN_SLOTS:
         return WeightsChoice(path, "file", f"{n_slots} slots (F16 pays from {AUTO_MIN_SLOTS})")
     need = int(path.stat().st_size * 16 / SLOW_BATCHED[code])
