@@ -54,6 +54,7 @@ bench: install llama-cpp-tools
 	$(BIN)/python bench/engine_steps.py --placement --out bench/results/engine_placement.json
 	$(BIN)/python bench/engine_features.py
 	$(BIN)/python bench/engine_draft.py
+	$(BIN)/python bench/engine_weights.py
 	$(BIN)/python bench/quant.py
 	$(BIN)/python bench/guard.py
 
