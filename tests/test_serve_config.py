@@ -129,6 +129,7 @@ def test_the_serve_command_serves_a_config(tmp_path: Path) -> None:
     (["--model", "a=smollm2", "--config", "x.yaml"], "not both"),
     (["--max-queue", "-3"], "max_queue"),
     (["--guard", "paranoid"], "no guard policy 'paranoid'"),
+    (["--weights", "q8"], "--weights 'q8' is not one of auto, file, f16"),
 ])
 def test_serve_flags_are_checked_before_serving(args: list[str], words: str) -> None:
     out = subprocess.run([str(FMSTACK), "serve", "--port", str(free_port()), *args],
