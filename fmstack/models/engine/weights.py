@@ -3,10 +3,10 @@
 llama.cpp's CPU backend multiplies a batch of tokens by most weight formats with tiled kernels
 (llamafile's sgemm; the repacked Q4_0, Q4_K... layouts) that load each weight once for the
 whole batch. Q4_1 and Q5_1 have none: they take one dot product per weight row and token, so
-a step for 16 sequences costs nearly 16 single-token steps. On the 2-core x86 (AVX2)
-machine of ``bench/engine_weights.py``, SmolLM2's Q4_1 decodes 16 sequences at about 160
-tokens/s where its F16 expansion does about 280, while one sequence is about 1.5x slower in F16
-(twice the bytes to stream per token).
+a step for 16 sequences costs about 9 single-token steps. On the 2-core x86 (AVX2) machine
+of ``bench/engine_weights.py``, SmolLM2's Q4_1 decodes 16 sequences at 150-160 tokens/s where
+its F16 copy does 260-290, while one sequence is 1.3-1.5x slower in F16 (twice the bytes to
+stream per token).
 
 So with many slots on the CPU the engine can decode with the same weights stored as F16:
 ``llama_model_quantize`` dequantizes each tensor (the value ``d * q + m`` a Q4_1 kernel would
