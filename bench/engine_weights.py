@@ -30,9 +30,9 @@ from _servers import git_state
 
 from fmstack.bench.serve import machine
 from fmstack.config import cache_dir
-from fmstack.errors import MissingDependencyError
+from fmstack.errors import FmstackError, MissingDependencyError
 from fmstack.models.backends.llamacpp import _llama_cpp
-from fmstack.models.engine.weights import expand_f16, file_type, type_name
+from fmstack.models.engine.weights import expand_f16, file_type, requantize, type_name
 from fmstack.models.registry import smollm2_gguf
 
 RESULTS = Path(__file__).parent / "results" / "engine_weights.json"
@@ -50,17 +50,10 @@ def variant(source: Path, name: str) -> Path:
         return expand_f16(source)
     target = cache_dir() / "weights" / f"{source.stem}.bench.{name}.gguf"
     if not target.is_file():
-        import ctypes
-
-        ll = _llama_cpp()
-        params = ll.llama_model_quantize_default_params()
-        params.ftype, params.allow_requantize, params.nthread = TYPES[name], True, 2
-        tmp = target.with_name(f".{target.name}.partial")
-        if ll.llama_model_quantize(str(source).encode(), str(tmp).encode(),
-                                   ctypes.byref(params)) != 0:
-            tmp.unlink(missing_ok=True)
-            sys.exit(f"error: llama_model_quantize could not make {name} from {source}")
-        os.replace(tmp, target)
+        try:
+            requantize(source, target, TYPES[name])
+        except FmstackError as e:
+            sys.exit(f"error: could not make {name} from {source}: {e}")
     return target
 
 

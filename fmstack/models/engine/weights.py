@@ -150,27 +150,36 @@ def _cached(path: Path) -> Path:
     return _cache_dir() / f"{path.stem}-{digest}.F16.gguf"
 
 
-def expand_f16(path: Path) -> Path:
-    """The F16 copy of a GGUF file's weights, made once with llama.cpp's quantizer (into a
-    temporary name, renamed when complete, so an interrupted run leaves no half file)."""
-    import llama_cpp
+def requantize(source: Path, target: Path, ftype: int) -> None:
+    """Write ``source`` to ``target`` with its weights in llama.cpp file type ``ftype`` (e.g. 1,
+    F16), dequantizing quantized tensors first: into a temporary name, renamed when complete,
+    so an interrupted run leaves no half file."""
+    from fmstack.models.backends.llamacpp import _llama_cpp
 
-    target = _cached(path)
-    if target.is_file():
-        return target
+    ll = _llama_cpp()
     tmp = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = _LLAMA_FTYPE_MOSTLY_F16
-    params.allow_requantize = True  # dequantize the file's tensors, then store them as F16
+    params = ll.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.allow_requantize = True
     params.nthread = max(1, os.cpu_count() or 1)
     _quiet()
     try:
-        rc = llama_cpp.llama_model_quantize(str(path).encode(), str(tmp).encode(),
-                                            ctypes.byref(params))
+        rc = ll.llama_model_quantize(str(source).encode(), str(tmp).encode(),
+                                     ctypes.byref(params))
         if rc != 0 or not tmp.is_file():
-            raise FmstackError(f"could not expand {path} to F16 (llama_model_quantize "
-                               f"returned {rc}); serve it with weights=file")
+            raise FmstackError(f"llama_model_quantize returned {rc}")
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def expand_f16(path: Path) -> Path:
+    """The F16 copy of a GGUF file's weights, made once and cached."""
+    target = _cached(path)
+    if not target.is_file():
+        try:
+            requantize(path, target, _LLAMA_FTYPE_MOSTLY_F16)
+        except FmstackError as e:
+            raise FmstackError(f"could not expand {path} to F16 ({e}); serve it with "
+                               "weights=file") from None
     return target
