@@ -13,6 +13,11 @@ Writes bench/results/engine_weights.json.
 2. Quality of the F16 copy against the file it was made from: bits per byte and perplexity on
    the Shakespeare slice of ``fmstack bench quant`` (same chunking and scoring), and the
    relative RMS difference of all weights (dequantized by ``gguf``).
+3. Batch stability, per weights (file, f16): the engine with 16 slots decodes 16 prompts, 128
+   greedy tokens each, all together, then one at a time, then two at a time. Per pairing: how
+   many answers are token-identical to the batch of 16, and the largest logprob difference
+   over the tokens they share. llama.cpp's Q4_1 kernel treats every row alike; on F16 one row
+   takes another kernel than two or more.
 """
 
 from __future__ import annotations
@@ -164,6 +169,43 @@ def quality(source: Path, ppl_chars: int, threads: int) -> dict[str, Any]:
     return out
 
 
+def stability(source: Path, threads: int, max_tokens: int) -> dict[str, Any]:
+    from fmstack.models.registry import load_model
+    from fmstack.models.types import Completion, Message, Request, SamplingParams
+
+    words = ["cat", "dog", "fox", "owl", "bee", "ant", "cow", "pig",
+             "hen", "elk", "yak", "eel", "bat", "rat", "emu", "ape"]
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, logprobs=True)
+    requests = [Request(messages=[Message(role="user", content=f"Write a short story about a "
+                                          f"{w}.")], params=params) for w in words]
+
+    def compare(base: list[Completion], other: list[Completion]) -> dict[str, Any]:
+        same, worst = 0, 0.0
+        for a, b in zip(base, other, strict=True):
+            same += a.choices[0].token_ids == b.choices[0].token_ids
+            for x, y in zip(a.choices[0].logprobs or [], b.choices[0].logprobs or [],
+                            strict=False):
+                if x.id != y.id:
+                    break
+                worst = max(worst, abs(x.logprob - y.logprob))
+        return {"identical": f"{same}/{len(base)}", "max_abs_logprob_diff": worst}
+
+    out: dict[str, Any] = {"prompts": len(requests), "max_tokens": max_tokens, "slots": 16}
+    for weights in ("file", "f16"):
+        model = load_model(f"engine:{source}", parallel=16, n_ctx=16 * 512, n_threads=threads,
+                           trace=False, weights=weights, exact_prefix=True)
+        try:
+            batch = model.generate(requests)
+            alone = [model.generate([r])[0] for r in requests]
+            pairs = [c for i in range(0, len(requests), 2)
+                     for c in model.generate(requests[i:i + 2])]
+        finally:
+            model.close()
+        out[weights] = {"alone_vs_16": compare(batch, alone), "pairs_vs_16": compare(batch, pairs)}
+        print(f"[weights] batch stability, {weights}: {out[weights]}", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--types", default=",".join(TYPES), help="GGUF types to time")
@@ -173,6 +215,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ppl-chars", type=int, default=20_000,
                     help="characters of Shakespeare for bits per byte (bench quant's slice)")
+    ap.add_argument("--max-tokens", type=int, default=128,
+                    help="greedy tokens per answer in the batch-stability check")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
     names = [t.strip() for t in args.types.split(",") if t.strip()]
@@ -200,6 +244,7 @@ def main() -> None:
         "decode": speeds(source, names, sorted(set(sequences)), args.rounds, args.steps,
                          args.threads),
         "quality": quality(source, args.ppl_chars, args.threads),
+        "batch_stability": stability(source, args.threads, args.max_tokens),
     }
     result["seconds"] = round(time.time() - started, 1)
     out = Path(args.out)
