@@ -13,8 +13,10 @@ So with many slots on the CPU the engine can decode with the same weights stored
 use) and rounds it to F16, which keeps about 11 significant bits of a number that had at most
 5 to start with. Answers are not bit-identical to the file's kernels (those also round every
 activation to 8 bits first) but come from the same weights; bits per byte on Shakespeare are
-in ``bench/results/engine_weights.json``. The copy is made once (a second or so for a 135M
-model) and cached beside the quantization variants.
+in ``bench/results/engine_weights.json``. On F16 llama.cpp multiplies a single row with another
+kernel than two or more, so a sequence alone in its step gets slightly other logits than in a
+batch (docs/engine.md, Exactness); the file's Q4_1 kernel does not. The copy is made once
+(about a second for a 135M model) and cached under the cache directory's ``weights/``.
 
 ``weights="auto"`` (the engine's default) expands only where it was measured to pay: on the
 CPU, with at least ``AUTO_MIN_SLOTS`` slots, for a file of one of the ``SLOW_BATCHED`` types,
@@ -34,7 +36,6 @@ from typing import Literal
 
 from fmstack.errors import ConfigError, FmstackError, ModelNotFoundError
 
-Weights = Literal["auto", "file", "f16"]
 WEIGHTS: tuple[str, ...] = ("auto", "file", "f16")
 
 # llama.cpp file types (``general.file_type``, enum llama_ftype) measured to have no batched
@@ -42,7 +43,7 @@ WEIGHTS: tuple[str, ...] = ("auto", "file", "f16")
 # times the file's size. Only types measured (bench/engine_weights.py) are here: SmolLM2's
 # K-quant files fall back to other types for most tensors (576 columns), so they say nothing.
 SLOW_BATCHED: dict[int, float] = {3: 5.0, 9: 6.0}  # Q4_1, Q5_1
-# Below 8 slots F16 loses: 1-2 sequences decode slower from it, 4 only slightly faster.
+# Below 8 slots F16 does not pay: 1-2 sequences decode slower from it, 4 about as fast.
 AUTO_MIN_SLOTS = 8
 
 _LLAMA_FTYPE_MOSTLY_F16 = 1
