@@ -67,6 +67,19 @@ def test_a_file_that_cannot_be_expanded_leaves_nothing_behind(smollm2_path: Path
     assert not cache.exists() or list(cache.iterdir()) == []
 
 
+def test_a_cache_that_cannot_hold_the_copy_is_named_and_auto_serves_the_file(
+        smollm2_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the cache directory should be")
+    monkeypatch.setenv("FMSTACK_CACHE", str(blocked))
+    with pytest.raises(FmstackError, match=r"could not expand .* to F16 \("):
+        w.choose(smollm2_path, "f16", n_slots=16)
+    fallback = w.choose(smollm2_path, "auto", n_slots=16)
+    assert fallback.weights == "file" and fallback.path == smollm2_path
+    assert "the F16 copy could not be made" in fallback.reason
+    assert blocked.read_text() == "a file where the cache directory should be"
+
+
 def test_auto_expands_only_many_slots_of_a_slow_type_on_the_cpu(smollm2_path: Path,
                                                                 cache: Path) -> None:
     from fmstack.models.registry import gemma3_270m_gguf
@@ -132,3 +145,28 @@ def test_the_engine_on_the_f16_copy_is_the_same_model_and_batch_stable(
             assert x.logprob == pytest.approx(y.logprob, abs=0.05)
     stats = f16_engine.engine.stats()
     assert stats.busy == 0 and stats.waiting == 0
+
+
+def test_fmstack_serve_says_which_weights_each_model_decodes(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from servers import free_port
+
+    fmstack = Path(sys.executable).parent / "fmstack"
+    proc = subprocess.Popen([str(fmstack), "serve", "-m", "smollm2", "--parallel", "8",
+                             "--ctx-size", "4096", "--port", str(free_port()), "--no-ui"],
+                            stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the "serving" line comes once every model is loaded
+            lines.append(line)
+            if line.startswith("serving "):
+                break
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    said = "".join(lines)
+    assert "smollm2: decoding an F16 copy of its weights (Q4_1 has no batched CPU kernel; " \
+           "8 slots; --weights file keeps the file's)" in said, said

@@ -146,10 +146,15 @@ def serve(
     for route in gateway.routes.values():
         for replica in route.replicas:
             choice = getattr(replica.model, "weights", None)
-            if choice is not None and choice.weights == "f16":
-                common.err().print(f"{route.name}: decoding with an F16 copy of its "
-                                   f"weights ({choice.reason}; --weights file to keep the "
-                                   f"file's): {choice.path}", markup=False)
+            if choice is None:
+                continue
+            if choice.weights == "f16":
+                common.err().print(f"{route.name}: decoding an F16 copy of its weights "
+                                   f"({choice.reason}; --weights file keeps the file's): "
+                                   f"{choice.path}", markup=False)
+            else:
+                common.err().print(f"{route.name}: decoding the file's own weights "
+                                   f"({choice.reason})", markup=False)
     common.err().print(f"serving {', '.join(gateway.routes)} on http://{host}:{port}/v1"
                        f"{f' (UI at http://{host}:{port}/)' if ui else ''}", markup=False)
     try:

@@ -126,11 +126,16 @@ def choose(path: Path, weights: str, *, n_slots: int, n_gpu_layers: int = 0) -> 
     if free is not None and need > free // 2:
         return WeightsChoice(path, "file", f"an F16 copy (~{need >> 20} MiB) would take more "
                              f"than half the free memory ({free >> 20} MiB)")
-    disk = shutil.disk_usage(_cache_dir()).free
-    if not _cached(path).is_file() and need > disk:
-        return WeightsChoice(path, "file", f"an F16 copy (~{need >> 20} MiB) does not fit "
-                             f"on the cache's disk ({disk >> 20} MiB free)")
-    return WeightsChoice(expand_f16(path), "f16",
+    # auto only picks a speed-up: a cache that cannot hold the copy serves the file instead.
+    try:
+        disk = shutil.disk_usage(_cache_dir()).free
+        if not _cached(path).is_file() and need > disk:
+            return WeightsChoice(path, "file", f"an F16 copy (~{need >> 20} MiB) does not "
+                                 f"fit on the cache's disk ({disk >> 20} MiB free)")
+        copy = expand_f16(path)
+    except (OSError, FmstackError) as e:
+        return WeightsChoice(path, "file", f"the F16 copy could not be made: {e}")
+    return WeightsChoice(copy, "f16",
                          f"{type_name(code)} has no batched CPU kernel; {n_slots} slots")
 
 
@@ -176,11 +181,11 @@ def requantize(source: Path, target: Path, ftype: int) -> None:
 
 def expand_f16(path: Path) -> Path:
     """The F16 copy of a GGUF file's weights, made once and cached."""
-    target = _cached(path)
-    if not target.is_file():
-        try:
+    try:
+        target = _cached(path)
+        if not target.is_file():
             requantize(path, target, _LLAMA_FTYPE_MOSTLY_F16)
-        except FmstackError as e:
-            raise FmstackError(f"could not expand {path} to F16 ({e}); serve it with "
-                               "weights=file") from None
+    except (OSError, FmstackError) as e:
+        raise FmstackError(f"could not expand {path} to F16 ({e}); serve it with "
+                           "weights=file") from None
     return target
