@@ -94,6 +94,9 @@ def test_auto_expands_only_many_slots_of_a_slow_type_on_the_cpu(smollm2_path: Pa
     assert many.weights == "f16" and many.path.parent == cache and "Q4_1" in many.reason
     assert w.choose(smollm2_path, "file", n_slots=16).path == smollm2_path
     assert w.choose(smollm2_path, "f16", n_slots=1).path == many.path
+    # An F16 file asked for as F16 is used as it is, not copied again.
+    assert w.choose(many.path, "f16", n_slots=16).path == many.path
+    assert sorted(p.name for p in cache.iterdir()) == [many.path.name]
 
 
 def test_bad_weights_and_bad_files_are_named(smollm2_path: Path, tmp_path: Path) -> None:

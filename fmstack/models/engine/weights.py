@@ -110,6 +110,8 @@ def choose(path: Path, weights: str, *, n_slots: int, n_gpu_layers: int = 0) -> 
     if weights == "file":
         return WeightsChoice(path, "file", "as asked")
     if weights == "f16":
+        if file_type(path) == _LLAMA_FTYPE_MOSTLY_F16:  # already F16: no second copy
+            return WeightsChoice(path, "f16", "the file is F16")
         return WeightsChoice(expand_f16(path), "f16", "as asked")
     if n_gpu_layers:
         return WeightsChoice(path, "file", "layers are offloaded to a GPU")
